@@ -1,0 +1,318 @@
+"""The `reconstruct` command line. Only this module configures logging handlers.
+
+Every stage is a subcommand that reads the files of the previous one from the output folder;
+`run` chains them. Stage settings come from the config dataclasses: `--config FILE.yaml`
+overrides defaults, `--set stage.key=value` overrides both (see `reconstruct config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import ReconstructError
+
+logger = logging.getLogger("reconstruct")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("reconstruct")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _resolve_config_path(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file() or path.suffix:
+        return path
+    preset = Path("configs") / f"{value}.yaml"
+    return preset if preset.is_file() else path
+
+
+def _load_config(args):
+    from .config import parse_set
+    from .pipeline import load_config
+
+    overrides = parse_set(args.set)
+    if getattr(args, "strategy", None):
+        overrides.setdefault("pairs", {})["strategy"] = args.strategy
+    return load_config(_resolve_config_path(args.config), overrides)
+
+
+def _settings_epilog() -> str:
+    from .config import describe
+    from .pipeline import PipelineConfig
+
+    rows = describe(PipelineConfig())
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["settings (--set KEY=VALUE, or in a --config YAML file):"]
+    for key, default, help_ in rows:
+        lines.append(f"  {key:<{width}}  {help_} [default: {default}]")
+    return "\n".join(lines)
+
+
+def _common(p: argparse.ArgumentParser, *, config: bool = True, device: bool = True) -> None:
+    if config:
+        p.add_argument("--config", help="YAML preset: a path, or a name in configs/ (fast)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="STAGE.KEY=VALUE",
+            help="override one setting (repeatable), e.g. keypoints.max_keypoints=1024",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace outputs written with a different configuration instead of refusing",
+        )
+    if device:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconstruct",
+        description="Photos in, COLMAP model out (ALIKED + LightGlue + pycolmap).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("run", help="all stages: pairs, keypoints, matching, mapping, export",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    _common(p)
+
+    p = sub.add_parser("demo", help="reconstruct a built-in synthetic scene and score it",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("--num-images", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+
+    p = sub.add_parser("pairs", help="stage 1: choose image pairs -> pairs.txt",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--strategy", help="shorthand for --set pairs.strategy=...")
+    _common(p)
+
+    p = sub.add_parser("extract", help="stage 2: local features -> features.h5",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    _common(p)
+
+    p = sub.add_parser("match", help="stage 3: match pairs.txt with features.h5 -> matches.h5",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("output", type=Path, help="output folder holding pairs.txt and features.h5")
+    _common(p)
+
+    p = sub.add_parser("map", help="stage 4: structure from motion -> sparse/",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    _common(p, device=False)
+
+    p = sub.add_parser("export", help="stage 5: largest model -> model/ (.bin, .txt), points.ply",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    p.add_argument("output", type=Path, help="output folder holding sparse/")
+    _common(p, device=False)
+
+    p = sub.add_parser("eval", help="score a model against ground-truth cameras")
+    p.add_argument("model", type=Path, help="output folder, sparse/ folder or model folder")
+    p.add_argument("--gt", type=Path, required=True,
+                   help="cameras.txt (name fx fy cx cy qw qx qy qz tx ty tz) or a COLMAP model")
+    p.add_argument("--json", type=Path, help="where to write the metrics (default: print only)")
+    _common(p, config=False, device=False)
+
+    p = sub.add_parser("config", help="print the resolved configuration",
+                       epilog=_settings_epilog(), formatter_class=fmt)
+    _common(p, device=False)
+
+    p = sub.add_parser("weights", help="model weights: `reconstruct weights list`")
+    p.add_argument("action", choices=["list"])
+    _common(p, config=False, device=False)
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import run_pipeline
+
+    config = _load_config(args)
+    summary = run_pipeline(
+        args.image_dir, args.output, config, device=args.device, overwrite=args.overwrite
+    )
+    print(summary.format())
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .evaluation import format_metrics
+    from .pipeline import evaluate_reconstruction, run_pipeline
+    from .synthetic import SceneConfig, make_scene
+
+    config = _load_config(args)
+    scene_dir = args.output / "scene"
+    scene = make_scene(scene_dir, SceneConfig(num_images=args.num_images, seed=args.seed))
+    logger.info("Synthetic scene with %d images in %s", len(scene.cameras), scene.image_dir)
+    summary = run_pipeline(
+        scene.image_dir, args.output, config, device=args.device, overwrite=args.overwrite
+    )
+    metrics = evaluate_reconstruction(args.output, scene.gt_path)
+    from .storage import atomic_write_json
+
+    atomic_write_json(args.output / "eval.json", metrics.to_dict())
+    print(summary.format())
+    print(format_metrics(metrics))
+    return 0
+
+
+def _cmd_pairs(args) -> int:
+    from .pairs import select_pairs
+
+    config = _load_config(args)
+    path = select_pairs(
+        args.image_dir, args.output, config.pairs, device=args.device, overwrite=args.overwrite
+    )
+    print(path)
+    return 0
+
+
+def _cmd_extract(args) -> int:
+    from .keypoints import extract_keypoints
+
+    config = _load_config(args)
+    path = extract_keypoints(
+        args.image_dir, args.output, config.keypoints, device=args.device, overwrite=args.overwrite
+    )
+    print(path)
+    return 0
+
+
+def _cmd_match(args) -> int:
+    from .keypoints import FEATURES_NAME
+    from .matching import match_pairs
+    from .pairs import PAIRS_NAME
+
+    config = _load_config(args)
+    path = match_pairs(
+        args.output / PAIRS_NAME,
+        args.output / FEATURES_NAME,
+        args.output,
+        config.matching,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(path)
+    return 0
+
+
+def _cmd_map(args) -> int:
+    from .keypoints import FEATURES_NAME
+    from .mapping import run_mapping
+    from .matching import MATCHES_NAME
+
+    config = _load_config(args)
+    path = run_mapping(
+        args.image_dir,
+        args.output / FEATURES_NAME,
+        args.output / MATCHES_NAME,
+        args.output,
+        config.mapping,
+    )
+    print(path)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_model
+    from .mapping import SPARSE_NAME
+
+    config = _load_config(args)
+    print(export_model(args.output / SPARSE_NAME, args.output, config.export))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation import format_metrics
+    from .pipeline import evaluate_reconstruction
+    from .storage import atomic_write_json
+
+    metrics = evaluate_reconstruction(args.model, args.gt)
+    print(format_metrics(metrics))
+    if args.json:
+        atomic_write_json(args.json, metrics.to_dict())
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from .config import to_dict
+
+    print(json.dumps(to_dict(_load_config(args)), indent=2))
+    return 0
+
+
+def _cmd_weights(args) -> int:
+    from .models.dinov2 import format_weights_table
+
+    print(format_weights_table())
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "demo": _cmd_demo,
+    "pairs": _cmd_pairs,
+    "extract": _cmd_extract,
+    "match": _cmd_match,
+    "map": _cmd_map,
+    "export": _cmd_export,
+    "eval": _cmd_eval,
+    "config": _cmd_config,
+    "weights": _cmd_weights,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except ReconstructError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished items are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

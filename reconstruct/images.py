@@ -1,0 +1,147 @@
+"""Finding and reading images: listing a scene folder, decoding with EXIF orientation,
+normalising bit depth and channels, resizing, and prefetching in a background thread.
+
+Image identity everywhere in the project is the path relative to the scene folder, POSIX style.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from .errors import ImageReadError, InputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+)
+MIN_IMAGE_SIDE = 32  # smaller images cannot hold a useful number of keypoints
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def list_images(image_dir: Path) -> list[str]:
+    """Sorted image names (relative POSIX paths) below `image_dir`, recursively.
+
+    Files with other extensions and hidden files are skipped with one warning that names them.
+    """
+    image_dir = Path(image_dir)
+    if not image_dir.exists():
+        raise InputError(f"image folder {image_dir} does not exist")
+    if not image_dir.is_dir():
+        raise InputError(f"{image_dir} is not a folder; pass the folder that holds the images")
+    names, skipped = [], []
+    for p in sorted(image_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(image_dir).as_posix()
+        if any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            names.append(rel)
+        else:
+            skipped.append(rel)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        logger.warning("Skipping %d non-image files in %s: %s", len(skipped), image_dir, shown)
+    if not names:
+        raise InputError(
+            f"no images found in {image_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return names
+
+
+def _check_jpeg_complete(path: Path, data: bytes) -> None:
+    # OpenCV decodes a truncated JPEG into a partly grey image with only a stderr warning, so
+    # we check for the end-of-image marker ourselves (trailing bytes after it are allowed).
+    if not data.startswith(b"\xff\xd8"):
+        raise ImageReadError(path, "not a JPEG file despite its extension")
+    if b"\xff\xd9" not in data[-4096:]:
+        raise ImageReadError(path, "the JPEG file is truncated (no end-of-image marker)")
+
+
+def read_image(path: Path, *, grayscale: bool = False) -> np.ndarray:
+    """Decode an image as uint8 RGB (H, W, 3) or gray (H, W), EXIF orientation applied.
+
+    16-bit images are scaled to 8 bits, gray is replicated to RGB, alpha is dropped.
+    Raises ImageReadError for anything that cannot be decoded completely.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(path, str(e)) from None
+    if not data:
+        raise ImageReadError(path, "the file is empty")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        _check_jpeg_complete(path, data)
+    buf = np.frombuffer(data, np.uint8)
+    # IMREAD_COLOR / IMREAD_GRAYSCALE apply the EXIF orientation and convert 16-bit to 8-bit.
+    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    image = cv2.imdecode(buf, flag)
+    if image is None:
+        raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ImageReadError(path, f"too small ({w}x{h} px, need at least {MIN_IMAGE_SIDE} px)")
+    if not grayscale:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def resize_long_side(image: np.ndarray, long_side: int | None) -> tuple[np.ndarray, float]:
+    """Downscale so the long side is at most `long_side` (never upscale); returns the scale."""
+    h, w = image.shape[:2]
+    if not long_side or max(h, w) <= long_side:
+        return image, 1.0
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return resized, scale
+
+
+def prefetch(
+    fn: Callable[[T], R], items: Iterable[T], *, workers: int = 1, lookahead: int = 2
+) -> Iterator[tuple[T, R | BaseException]]:
+    """Yield (item, fn(item)) in order while the next items are computed in threads.
+
+    Exceptions raised by `fn` are yielded as values so the caller decides what to skip.
+    Image decoding (OpenCV releases the GIL) then overlaps with model inference.
+    """
+    items = list(items)
+    if workers <= 0:
+        for it in items:
+            try:
+                yield it, fn(it)
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                yield it, e
+        return
+
+    def safe(it: T) -> R | BaseException:
+        try:
+            return fn(it)
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            return e
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        queue: deque = deque()
+        iterator = iter(items)
+        for it in iterator:
+            queue.append((it, pool.submit(safe, it)))
+            if len(queue) > lookahead:
+                break
+        while queue:
+            it, fut = queue.popleft()
+            nxt = next(iterator, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(safe, nxt)))
+            yield it, fut.result()

