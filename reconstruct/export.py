@@ -18,6 +18,7 @@ import numpy as np
 from .config import option
 from .errors import MappingError, StorageError
 from .gt import CameraPose
+from .storage import make_public
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def export_model(sparse_dir: Path, output_dir: Path, config: ExportConfig = Expo
             rec.write_text(str(tmp))
         if model_dir.exists():
             shutil.rmtree(model_dir)
+        make_public(tmp)
         os.replace(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -145,6 +147,7 @@ def write_ply(rec, path: Path, config: ExportConfig) -> int:
     os.close(fd)
     try:
         rec.export_PLY(tmp)
+        make_public(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

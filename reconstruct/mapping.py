@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .config import option
 from .errors import ConfigError, MappingError
 from .gt import read_cameras_txt
-from .storage import FeaturesReader, MatchesReader, atomic_write_json
+from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_public
 
 logger = logging.getLogger(__name__)
 
@@ -381,6 +381,7 @@ def run_mapping(
                 "seconds": time.perf_counter() - start,
             },
         )
+        make_public(tmp_dir)
         if sparse_dir.exists():
             old = Path(tempfile.mkdtemp(dir=output_dir, prefix=".sparse.old."))
             os.replace(sparse_dir, old / SPARSE_NAME)

@@ -74,6 +74,18 @@ def canonical_pair(name0: str, name1: str) -> tuple[str, str, bool]:
 # ----------------------------------------------------------------------------- atomic files
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path: Path) -> None:
+    """Give a file or folder made by `tempfile.mkstemp`/`mkdtemp` (mode 0600/0700) the usual
+    permissions (0666 or 0777, less the umask)."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old or the whole new file."""
     path = Path(path)
@@ -84,6 +96,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        make_public(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -353,6 +366,7 @@ class ResultWriter:
                         grp.attrs[k] = v
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            make_public(tmp)
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Optional model code: DINOv2 backbones (through timm) and their weights."""

@@ -1,0 +1,601 @@
+"""Stage 1: choose the image pairs to match, written to ``pairs.txt``.
+
+`select_pairs(image_dir, output_dir, config)` returns the path of the pairs file: one
+``name0 name1 [score]`` line per unordered pair, name0 < name1, no duplicates, no self-pairs;
+the score is the cosine similarity of the two images' DINOv2 descriptors when they were computed.
+It also writes ``pairs_report.json`` (pairs kept against exhaustive, per-image degree, images that
+needed a fallback) and, for the strategies that use descriptors, ``global.h5``.
+
+Strategies (see docs/retrieval.md):
+
+* ``exhaustive``: every pair.
+* ``retrieval``: each image keeps its `top_k` most similar images, filtered by `threshold`,
+  with at least `min_pairs` whatever the threshold; user pairs are merged in; then components
+  are bridged by their most similar cross pairs so no image or group is left disconnected.
+* ``sequential``: frames (in natural name order) are paired with the next `window` frames, plus
+  `loop_top_k` retrieval neighbours outside the window when `loop_closure` is on.
+* ``auto`` (default): exhaustive below `exhaustive_if_less` images, retrieval from there on.
+
+Every strategy other than ``exhaustive`` is exhaustive below `exhaustive_if_less` images, and
+then needs no model. Above it, missing DINOv2 weights are a ModelWeightsError that says how to
+get them; pairs are never silently degraded.
+
+The selection rules are pure functions of a similarity matrix (numpy only, no torch), computed
+in row blocks from the descriptors so scenes of any size never hold the N x N matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .config import config_hash, option, to_dict
+from .errors import InputError, StorageError
+from .images import list_images
+from .retrieval import RetrievalConfig
+from .storage import (
+    GLOBAL_SCHEMA,
+    PAIRS_SCHEMA,
+    SCHEMA_VERSION,
+    atomic_write_json,
+    read_header,
+    read_pairs,
+    write_pairs,
+)
+
+logger = logging.getLogger(__name__)
+
+PAIRS_NAME = "pairs.txt"
+REPORT_NAME = "pairs_report.json"
+
+Metric = Literal["cosine", "l1", "l2", "linf"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairsConfig:
+    """Settings of the pair-selection stage (`pairs.*`)."""
+
+    strategy: Literal["auto", "exhaustive", "retrieval", "sequential"] = option(
+        "auto",
+        "auto (exhaustive below exhaustive_if_less images, else retrieval), exhaustive, "
+        "retrieval (DINOv2 shortlist) or sequential (ordered frames)",
+    )
+    exhaustive_if_less: int = option(
+        20, "scenes with fewer images get every pair (no model needed), whatever the strategy"
+    )
+    top_k: int | None = option(
+        20, "retrieval: each image keeps at most this many most similar images (None: no cap)"
+    )
+    metric: Metric = option(
+        "cosine",
+        "similarity for ranking and threshold: cosine, or l1/l2/linf distance between the "
+        "L2-normalised descriptors",
+    )
+    threshold: float | None = option(
+        None,
+        "retrieval: keep a neighbour only if cosine >= threshold, or distance <= threshold for "
+        "l1/l2/linf (IMC baselines' 'similarity threshold' 0.6 is an l2 distance); None: off",
+    )
+    min_pairs: int = option(
+        10,
+        "retrieval: every image keeps at least this many most similar images, even below "
+        "the threshold",
+    )
+    connect: bool = option(
+        True, "bridge disconnected groups with their most similar cross pairs (no isolated image)"
+    )
+    window: int = option(10, "sequential: pair each frame with the next `window` frames")
+    loop_closure: bool = option(
+        True, "sequential: add retrieval neighbours outside the window (needs DINOv2 weights)"
+    )
+    loop_top_k: int = option(5, "sequential: retrieval neighbours per frame for loop closure")
+    extra_pairs: Path | None = option(
+        None, "pairs file (name0 name1 per line) merged into the selection"
+    )
+    retrieval: RetrievalConfig = option(
+        RetrievalConfig(), "DINOv2 global descriptors (pairs.retrieval.*)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.exhaustive_if_less < 0:
+            raise ValueError(f"exhaustive_if_less must be 0 or more, got {self.exhaustive_if_less}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1 or None, got {self.top_k}")
+        if self.min_pairs < 0:
+            raise ValueError(f"min_pairs must be 0 or more, got {self.min_pairs}")
+        if self.top_k is not None and self.min_pairs > self.top_k:
+            raise ValueError(
+                f"min_pairs ({self.min_pairs}) cannot exceed top_k ({self.top_k}); "
+                "raise top_k or set it to None"
+            )
+        if self.threshold is not None:
+            if self.metric == "cosine" and not -1.0 <= self.threshold <= 1.0:
+                raise ValueError(
+                    f"a cosine threshold must be in [-1, 1], got {self.threshold}; "
+                    "for a distance, set pairs.metric=l2 (or l1, linf)"
+                )
+            if self.metric != "cosine" and self.threshold < 0:
+                raise ValueError(f"a {self.metric} distance threshold must be >= 0")
+        if self.window < 1:
+            raise ValueError(f"window must be at least 1, got {self.window}")
+        if self.loop_top_k < 1:
+            raise ValueError(
+                f"loop_top_k must be at least 1, got {self.loop_top_k} "
+                "(turn loop closure off with loop_closure=false)"
+            )
+
+
+# ----------------------------------------------------------------------------- similarity
+
+
+class PairScores:
+    """Pairwise similarity of N images (higher = more similar), served in row blocks.
+
+    For ``cosine`` the score is the dot product of the L2-normalised descriptors; for the
+    distances ``l1``, ``l2``, ``linf`` it is minus the distance, so every rule ranks by "higher
+    is better" and a distance threshold t becomes the score cut-off -t. The diagonal is -inf.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        rows_fn,
+        *,
+        block: int = 1024,
+    ) -> None:
+        self.n = n
+        self._rows_fn = rows_fn
+        self.block = max(1, block)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> PairScores:
+        """Scores given as an (N, N) matrix (higher = more similar); used by tests."""
+        m = np.asarray(matrix, np.float64)
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise ValueError(f"a score matrix must be square, got {m.shape}")
+        return cls(len(m), lambda a, b: m[a:b].copy())
+
+    @classmethod
+    def from_descriptors(
+        cls, descriptors: np.ndarray, metric: str = "cosine", *, block: int = 1024
+    ) -> PairScores:
+        """Scores of L2-normalised descriptors (N, D) under `metric`."""
+        d = np.asarray(descriptors, np.float64)
+        if d.ndim != 2:
+            raise ValueError(f"descriptors must be (N, D), got {d.shape}")
+        if metric == "cosine":
+            return cls(len(d), lambda a, b: d[a:b] @ d.T, block=block)
+        from scipy.spatial.distance import cdist
+
+        name = {"l1": "cityblock", "l2": "euclidean", "linf": "chebyshev"}.get(metric)
+        if name is None:
+            raise ValueError(f"unknown metric {metric!r}")
+        return cls(len(d), lambda a, b: -cdist(d[a:b], d, name), block=block)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Scores of rows start..stop-1 against every image, (stop - start, N) float64."""
+        s = np.array(self._rows_fn(start, stop), np.float64, copy=True)
+        idx = np.arange(start, stop)
+        s[idx - start, idx] = -np.inf
+        return s
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, rows) for consecutive row blocks covering every image."""
+        for start in range(0, self.n, self.block):
+            stop = min(self.n, start + self.block)
+            yield start, self.rows(start, stop)
+
+
+def score_cutoff(metric: str, threshold: float | None) -> float | None:
+    """The threshold as a score cut-off (keep score >= cut-off): t for cosine, -t for distances."""
+    if threshold is None:
+        return None
+    return float(threshold) if metric == "cosine" else -float(threshold)
+
+
+def _ranked(row: np.ndarray, i: int) -> np.ndarray:
+    """Other images by decreasing score, ties by lower index."""
+    order = np.argsort(-row, kind="stable")
+    return order[order != i]
+
+
+def _canonical(i: int, j: int) -> tuple[int, int]:
+    return (i, j) if i < j else (j, i)
+
+
+# ----------------------------------------------------------------------------- selection rules
+
+
+def exhaustive_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """All unordered pairs, each as (a, b) with a < b, sorted."""
+    return list(itertools.combinations(sorted(set(names)), 2))
+
+
+def neighbour_pairs(
+    scores: PairScores,
+    *,
+    top_k: int | None,
+    min_score: float | None = None,
+    min_pairs: int = 0,
+) -> tuple[set[tuple[int, int]], list[int]]:
+    """Each image's most similar images: the first `top_k` (all if None) with score >= `min_score`,
+    but at least the first `min_pairs` whatever their score.
+
+    Returns the unordered index pairs (i < j) and the images for which `min_pairs` overrode
+    the threshold (the "fallback" images).
+    """
+    pairs: set[tuple[int, int]] = set()
+    fallback: list[int] = []
+    floor = min(min_pairs, scores.n - 1)
+    for start, block in scores.blocks():
+        for r, row in enumerate(block):
+            i = start + r
+            ranked = _ranked(row, i)
+            chosen = ranked[:top_k] if top_k is not None else ranked
+            if min_score is not None:
+                chosen = chosen[row[chosen] >= min_score]
+            if len(chosen) < floor:
+                chosen = ranked[:floor]
+                fallback.append(i)
+            pairs.update(_canonical(i, int(j)) for j in chosen)
+    return pairs, fallback
+
+
+def sequential_pairs(n: int, window: int) -> set[tuple[int, int]]:
+    """Each frame with the next `window` frames: (i, i + d) for d = 1..window."""
+    return {(i, j) for i in range(n) for j in range(i + 1, min(n, i + window + 1))}
+
+
+def loop_closure_pairs(
+    scores: PairScores, *, window: int, top_k: int, min_score: float | None = None
+) -> set[tuple[int, int]]:
+    """Each frame's `top_k` most similar frames more than `window` frames away, each with
+    score >= `min_score` when given."""
+    pairs: set[tuple[int, int]] = set()
+    for start, block in scores.blocks():
+        for r, row in enumerate(block):
+            i = start + r
+            row = row.copy()
+            row[max(0, i - window) : i + window + 1] = -np.inf
+            ranked = _ranked(row, i)
+            ranked = ranked[np.isfinite(row[ranked])][:top_k]
+            if min_score is not None:
+                ranked = ranked[row[ranked] >= min_score]
+            pairs.update(_canonical(i, int(j)) for j in ranked)
+    return pairs
+
+
+def components(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Connected-component label of each of the n images under `pairs`."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.array(sorted(pairs), np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels
+
+
+def bridge_components(
+    scores: PairScores, pairs: set[tuple[int, int]]
+) -> tuple[set[tuple[int, int]], list[tuple[int, int, float]]]:
+    """Add the most similar cross pairs until the pair graph is connected.
+
+    Borůvka's algorithm on the components: each round, every component gets its most similar
+    pair to another component, so the bridges form a maximum spanning tree over the components
+    (the most similar links that connect the scene) in O(log C) passes over the scores.
+    Returns the augmented pairs and the bridges (i, j, score) added.
+    """
+    n = scores.n
+    pairs = set(pairs)
+    bridges: list[tuple[int, int, float]] = []
+    if n < 2:
+        return pairs, bridges
+    labels = components(n, pairs)
+    while labels.max() > 0:
+        k = int(labels.max()) + 1
+        best_score = np.full(k, -np.inf)
+        best_pair = np.full((k, 2), -1, np.int64)
+        for start, block in scores.blocks():
+            rows = np.arange(start, start + len(block))
+            block = np.where(labels[None, :] == labels[rows][:, None], -np.inf, block)
+            j = np.argmax(block, axis=1)  # first maximum: ties go to the lower index
+            s = block[np.arange(len(block)), j]
+            for i, jj, ss in zip(rows, j, s, strict=True):
+                c = labels[i]
+                if ss > best_score[c]:
+                    best_score[c], best_pair[c] = ss, (i, jj)
+        added = False
+        for c in range(k):
+            i, j = (int(v) for v in best_pair[c])
+            if i < 0:  # cannot happen with finite scores; keeps a bad matrix from looping
+                continue
+            pair = _canonical(i, j)
+            if pair not in pairs:
+                pairs.add(pair)
+                bridges.append((*pair, float(best_score[c])))
+                added = True
+        if not added:
+            break
+        labels = components(n, pairs)
+    return pairs, bridges
+
+
+def degrees(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Number of pairs each of the n images is in."""
+    deg = np.zeros(n, np.int64)
+    for i, j in pairs:
+        deg[i] += 1
+        deg[j] += 1
+    return deg
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders frame_2 before frame_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+@dataclass
+class Selection:
+    """Chosen pairs (indices into the selection order, i < j) and how they were chosen."""
+
+    pairs: set[tuple[int, int]]
+    strategy_used: str
+    fallback: list[int] = dataclasses.field(default_factory=list)  # min_pairs overrode threshold
+    bridges: list[tuple[int, int, float]] = dataclasses.field(default_factory=list)
+    components_before: int = 1
+    extra: dict = dataclasses.field(default_factory=dict)  # what extra_pairs added
+
+
+def _merge_extra_pairs(path: Path, index: dict[str, int], pairs: set[tuple[int, int]]) -> dict:
+    """Add the pairs of a user file whose images are in the scene; say what was skipped."""
+    try:
+        user_pairs = read_pairs(path)
+    except StorageError as e:
+        raise InputError(f"pairs.extra_pairs: {e}") from None
+    unknown: set[str] = set()
+    added = 0
+    for a, b in user_pairs:
+        if a not in index or b not in index:
+            unknown.update(n for n in (a, b) if n not in index)
+            continue
+        pair = _canonical(index[a], index[b])
+        if pair not in pairs:
+            pairs.add(pair)
+            added += 1
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
+        logger.warning(
+            "%s names %d images that are not in this scene (or have no descriptor); "
+            "their pairs are skipped: %s",
+            path,
+            len(unknown),
+            shown,
+        )
+    return {
+        "file": str(path),
+        "pairs_in_file": len(user_pairs),
+        "added": added,
+        "unknown_images": sorted(unknown),
+    }
+
+
+def select_pairs(
+    image_dir: Path,
+    output_dir: Path,
+    config: PairsConfig = PairsConfig(),
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    image_names: list[str] | None = None,
+) -> Path:
+    """Write ``output_dir/pairs.txt`` (and ``pairs_report.json``, and ``global.h5`` when
+    descriptors are needed) for the images in `image_dir`; return the pairs file's path."""
+    image_dir, output_dir = Path(image_dir), Path(output_dir)
+    names = sorted(set(image_names if image_names is not None else list_images(image_dir)))
+    n = len(names)
+    strategy = config.strategy
+    if strategy != "exhaustive" and n < config.exhaustive_if_less:
+        logger.info(
+            "%d images (< pairs.exhaustive_if_less=%d): matching every pair",
+            n,
+            config.exhaustive_if_less,
+        )
+        strategy = "exhaustive"
+
+    global_path: Path | None = None
+    global_hash: str | None = None
+    descriptors: np.ndarray | None = None
+    order = names  # the indexing of the selection
+    unreadable: list[str] = []
+    if strategy == "sequential":
+        order = sorted(names, key=natural_key)
+    needs_descriptors = strategy in ("auto", "retrieval") or (
+        strategy == "sequential" and config.loop_closure
+    )
+    if needs_descriptors:
+        from .retrieval import compute_global_descriptors
+
+        global_path, have, desc = compute_global_descriptors(
+            image_dir, order, output_dir, config.retrieval, device=device, overwrite=overwrite
+        )
+        global_hash = read_header(global_path, GLOBAL_SCHEMA).config_hash
+        have_set = set(have)
+        unreadable = [nm for nm in order if nm not in have_set]
+        if unreadable:
+            logger.warning(
+                "%d images have no global descriptor (unreadable) and get no pairs: %s",
+                len(unreadable),
+                ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""),
+            )
+        order, descriptors = have, desc
+
+    sel = rule_pairs(strategy, len(order), config, descriptors)
+    index = {nm: i for i, nm in enumerate(order)}
+    if config.extra_pairs is not None:
+        sel.extra = _merge_extra_pairs(Path(config.extra_pairs), index, sel.pairs)
+    if config.connect and descriptors is not None:
+        connect_selection(sel, descriptors, config.metric)
+
+    named = sorted(
+        (order[i], order[j]) if order[i] < order[j] else (order[j], order[i]) for i, j in sel.pairs
+    )
+    cosine = None
+    if descriptors is not None:
+        idx0 = np.array([index[a] for a, _ in named], np.int64)
+        idx1 = np.array([index[b] for _, b in named], np.int64)
+        d = descriptors.astype(np.float64)
+        cosine = np.einsum("ij,ij->i", d[idx0], d[idx1]) if named else np.zeros(0)
+
+    path = output_dir / PAIRS_NAME
+    header = {
+        "schema": PAIRS_SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "config": to_dict(config),
+        "config_hash": config_hash(config),
+        "num_images": n,
+        "strategy_used": sel.strategy_used,
+        "score": "cosine similarity of DINOv2 descriptors" if cosine is not None else "none",
+    }
+    if global_hash is not None:
+        header["global_hash"] = global_hash
+    write_pairs(path, named, scores=cosine.tolist() if cosine is not None else None, header=header)
+
+    report = _report(names, order, named, sel, config, unreadable, global_path)
+    atomic_write_json(output_dir / REPORT_NAME, report)
+    _log_report(report)
+    return path
+
+
+def rule_pairs(
+    strategy: str, n: int, config: PairsConfig, descriptors: np.ndarray | None = None
+) -> Selection:
+    """The pairs a strategy's rules give for n images (before extra pairs and bridging).
+
+    `strategy` is the one actually used (``auto`` means retrieval here: the stage turns small
+    scenes into ``exhaustive`` first). `descriptors` (n, D), L2-normalised, are needed by
+    retrieval and by sequential loop closure.
+    """
+    if strategy == "exhaustive":
+        return Selection(set(itertools.combinations(range(n), 2)), "exhaustive")
+    cutoff = score_cutoff(config.metric, config.threshold)
+    if strategy == "sequential":
+        pairs = sequential_pairs(n, config.window)
+        if config.loop_closure and descriptors is not None and n > 1:
+            scores = PairScores.from_descriptors(descriptors, config.metric)
+            pairs |= loop_closure_pairs(
+                scores, window=config.window, top_k=config.loop_top_k, min_score=cutoff
+            )
+            return Selection(pairs, "sequential+loop_closure")
+        return Selection(pairs, "sequential")
+    if descriptors is None:
+        raise ValueError(f"strategy {strategy!r} needs descriptors")
+    if n < 2:
+        return Selection(set(), "retrieval")
+    scores = PairScores.from_descriptors(descriptors, config.metric)
+    pairs, fallback = neighbour_pairs(
+        scores, top_k=config.top_k, min_score=cutoff, min_pairs=config.min_pairs
+    )
+    return Selection(pairs, "retrieval", fallback=fallback)
+
+
+def connect_selection(sel: Selection, descriptors: np.ndarray, metric: str = "cosine") -> Selection:
+    """Bridge the components of `sel` in place (see :func:`bridge_components`); returns it."""
+    n = len(descriptors)
+    if n < 2:
+        return sel
+    sel.components_before = int(components(n, sel.pairs).max()) + 1
+    if sel.components_before > 1:
+        scores = PairScores.from_descriptors(descriptors, metric)
+        sel.pairs, sel.bridges = bridge_components(scores, sel.pairs)
+    return sel
+
+
+def _report(
+    names: list[str],
+    order: list[str],
+    named: list[tuple[str, str]],
+    sel: Selection,
+    config: PairsConfig,
+    unreadable: list[str],
+    global_path: Path | None,
+) -> dict:
+    n = len(names)
+    degree = dict.fromkeys(names, 0)
+    for a, b in named:
+        degree[a] += 1
+        degree[b] += 1
+    values = np.array(list(degree.values()) or [0])
+    exhaustive = n * (n - 1) // 2
+    return {
+        "strategy": config.strategy,
+        "strategy_used": sel.strategy_used,
+        "num_images": n,
+        "num_pairs": len(named),
+        "num_exhaustive_pairs": exhaustive,
+        "fraction_of_exhaustive": round(len(named) / exhaustive, 6) if exhaustive else 0.0,
+        "degree": {
+            "min": int(values.min()),
+            "median": float(np.median(values)),
+            "max": int(values.max()),
+        },
+        "fallback_images": sorted(order[i] for i in sel.fallback),
+        "components_before_bridging": sel.components_before,
+        "bridging_pairs": [
+            {"name0": min(order[i], order[j]), "name1": max(order[i], order[j]), "score": s}
+            for i, j, s in sel.bridges
+        ],
+        "extra_pairs": sel.extra or None,
+        "images_without_descriptor": unreadable,
+        "global_descriptors": str(global_path) if global_path is not None else None,
+        "rules": {
+            "top_k": config.top_k,
+            "metric": config.metric,
+            "threshold": config.threshold,
+            "min_pairs": config.min_pairs,
+            "connect": config.connect,
+            "window": config.window if sel.strategy_used.startswith("sequential") else None,
+            "backbone": config.retrieval.backbone if global_path is not None else None,
+        },
+        "degree_per_image": degree,
+    }
+
+
+def _log_report(report: dict) -> None:
+    d = report["degree"]
+    logger.info(
+        "Selected %d pairs (%s) for %d images: %.1f%% of the %d exhaustive pairs; "
+        "pairs per image min %d, median %g, max %d",
+        report["num_pairs"],
+        report["strategy_used"],
+        report["num_images"],
+        100.0 * report["fraction_of_exhaustive"],
+        report["num_exhaustive_pairs"],
+        d["min"],
+        d["median"],
+        d["max"],
+    )
+    if report["fallback_images"]:
+        logger.info(
+            "%d images kept their min_pairs nearest neighbours below the threshold: %s",
+            len(report["fallback_images"]),
+            ", ".join(report["fallback_images"][:5])
+            + (" ..." if len(report["fallback_images"]) > 5 else ""),
+        )
+    if report["bridging_pairs"]:
+        logger.info(
+            "Bridged %d disconnected groups with %d most-similar cross pairs",
+            report["components_before_bridging"],
+            len(report["bridging_pairs"]),
+        )
