@@ -153,3 +153,15 @@ def write_ply(rec, path: Path, config: ExportConfig) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return int(rec.num_points3D())
+
+
+def read_points3d(model_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse points of one model: xyz float64 (P, 3), rgb uint8 (P, 3), track length (P,)."""
+    rec = _load(model_dir)
+    pts = list(rec.points3D.values())
+    if not pts:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros((0,), np.int64)
+    xyz = np.array([p.xyz for p in pts], dtype=np.float64)
+    rgb = np.array([p.color for p in pts], dtype=np.uint8)
+    tracks = np.array([p.track.length() for p in pts], dtype=np.int64)
+    return xyz, rgb, tracks
