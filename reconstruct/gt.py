@@ -102,3 +102,19 @@ def write_cameras_txt(path: Path, cameras: Iterable[CameraPose]) -> Path:
         lines.append(c.name + " " + " ".join(f"{v:.10g}" for v in values))
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
     return Path(path)
+
+
+def rotate_camera(camera: CameraPose, k: int, width: int, height: int) -> CameraPose:
+    """The camera of the image turned by k quarter turns counter-clockwise (`np.rot90(img, k)`).
+
+    (width, height) is the size of the unturned image. A turn maps pixel (u, v) to
+    (v, width - u), so the new camera axes are x' = y, y' = -x.
+    """
+    turn = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    rotation, translation = camera.rotation, camera.translation
+    for _ in range(k % 4):
+        fx, fy, cx, cy = fy, fx, cy, width - cx
+        rotation, translation = turn @ rotation, turn @ translation
+        width, height = height, width
+    return CameraPose(camera.name, fx, fy, cx, cy, rotation, translation)

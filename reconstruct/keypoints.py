@@ -8,6 +8,7 @@ read are recorded in the file with their reason and skipped by later stages.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ class KeypointsConfig:
     model: Literal["n16", "n16rot", "n32", "t16"] = option(
         "n16", "ALIKED variant; n16rot is trained for rotation robustness"
     )
-    max_keypoints: int = option(2048, "keep at most this many keypoints per image (best first)")
+    max_keypoints: int = option(1024, "keep at most this many keypoints per image (best first)")
     detection_threshold: float = option(
         0.0, "ALIKED score threshold; 0 keeps exactly max_keypoints (the top-scoring ones)"
     )
@@ -152,7 +153,9 @@ class SiftExtractor:
         return {"keypoints": xy[order], "descriptors": desc[order], "scores": scores[order]}
 
 
+@functools.lru_cache(maxsize=4)
 def build_extractor(config: KeypointsConfig, device):
+    """The extractor for `config`, loaded once per process and configuration."""
     if config.extractor == "aliked":
         return AlikedExtractor(config, device)
     if config.extractor == "sift":
@@ -205,7 +208,7 @@ def extract_keypoints(
     path = output_dir / FEATURES_NAME
     header = Header(FEATURES_SCHEMA, to_dict(config), config_hash(config))
     with ResultWriter(path, header, overwrite=overwrite) as writer:
-        todo = [n for n in names if (n,) not in writer.done]
+        todo = [n for n in names if not _is_current(writer.attrs((n,)), rotations.get(n, 0))]
         if not todo:
             logger.info("All %d images already have features in %s", len(names), path)
             return path
@@ -230,7 +233,7 @@ def extract_keypoints(
             if isinstance(image, BaseException):
                 raise image
             h, w = image.shape[:2]
-            k = rotations.get(name, 0)
+            k = rotations.get(name, 0) % 4
             feats = extract_image(extractor, image, config.resize, k)
             writer.add((name,), feats, {"image_size": (w, h), "rotation": k})
         logger.info(
@@ -240,6 +243,13 @@ def extract_keypoints(
             failed,
         )
     return path
+
+
+def _is_current(attrs: dict | None, rotation: int) -> bool:
+    """Whether a stored image was extracted as now requested (unreadable ones stay done)."""
+    if attrs is None:
+        return False
+    return "error" in attrs or int(attrs.get("rotation", 0)) == rotation % 4
 
 
 def _empty_features() -> dict[str, np.ndarray]:

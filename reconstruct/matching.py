@@ -9,6 +9,7 @@ a mapping setting, so it can change without re-matching.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -146,7 +147,9 @@ def mutual_nn_match(desc0, desc1, ratio: float = 1.0) -> tuple[np.ndarray, np.nd
     return idxs[order], scores[order]
 
 
+@functools.lru_cache(maxsize=4)
 def build_matcher(config: MatchingConfig, extractor: str, device):
+    """The matcher for `config`, loaded once per process and configuration."""
     if config.matcher == "lightglue":
         if extractor != "aliked":
             raise ConfigError(
@@ -227,8 +230,18 @@ def match_pairs(
                     len(skipped_failed),
                     ", ".join(skipped_failed[:5]),
                 )
+        turns = {n: int(reader.attrs(n).get("rotation", 0)) for n in available}
+
+        def current(pair: tuple[str, str]) -> bool:
+            # A pair is done only if it was matched with the features each image has now.
+            attrs = writer.attrs(pair)
+            return attrs is not None and (
+                int(attrs.get("rotation0", 0)),
+                int(attrs.get("rotation1", 0)),
+            ) == (turns[pair[0]], turns[pair[1]])
+
         with ResultWriter(path, header, overwrite=overwrite) as writer:
-            todo = [p for p in pairs if p not in writer.done]
+            todo = [p for p in pairs if not current(p)]
             if not todo:
                 logger.info("All %d pairs already matched in %s", len(pairs), path)
                 return path
@@ -245,7 +258,11 @@ def match_pairs(
             total = 0
             for a, b in tqdm(todo, desc="matching", unit="pair"):
                 matches, scores = matcher(cache.get(a), cache.get(b))
-                writer.add((a, b), {"matches": matches, "scores": scores})
+                writer.add(
+                    (a, b),
+                    {"matches": matches, "scores": scores},
+                    {"rotation0": turns[a], "rotation1": turns[b]},
+                )
                 total += len(matches)
             elapsed = time.perf_counter() - start
             logger.info(

@@ -23,6 +23,7 @@ from .images import list_images
 from .keypoints import KeypointsConfig, extract_keypoints
 from .mapping import MappingConfig, run_mapping
 from .matching import MatchingConfig, match_pairs
+from .orientation import ROTATIONS_NAME, OrientationConfig, estimate_rotations
 from .pairs import PairsConfig, select_pairs
 from .storage import FeaturesReader, MatchesReader, atomic_write_json, read_pairs
 
@@ -38,6 +39,7 @@ class PipelineConfig:
     pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
     keypoints: KeypointsConfig = dataclasses.field(default_factory=KeypointsConfig)
     matching: MatchingConfig = dataclasses.field(default_factory=MatchingConfig)
+    orientation: OrientationConfig = dataclasses.field(default_factory=OrientationConfig)
     mapping: MappingConfig = dataclasses.field(default_factory=MappingConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
@@ -133,20 +135,29 @@ def run_pipeline(
         try:
             return fn(*args, **kwargs)
         finally:
-            timings[stage] = round(time.perf_counter() - t0, 3)
+            timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
     names = list_images(image_dir)
     logger.info("Found %d images in %s", len(names), image_dir)
-    features_path = timed(
-        "keypoints",
-        extract_keypoints,
-        image_dir,
-        output_dir,
-        config.keypoints,
-        device=device,
-        overwrite=overwrite,
-        image_names=names,
-    )
+    rotations_path = output_dir / ROTATIONS_NAME
+    rotations: dict[str, int] = {}
+    if config.orientation.enabled and rotations_path.is_file() and not overwrite:
+        rotations = json.loads(rotations_path.read_text()).get("rotations", {})
+
+    def extract(rot: dict[str, int], overwrite: bool) -> Path:
+        return timed(
+            "keypoints",
+            extract_keypoints,
+            image_dir,
+            output_dir,
+            config.keypoints,
+            device=device,
+            overwrite=overwrite,
+            image_names=names,
+            rotations=rot,
+        )
+
+    features_path = extract(rotations, overwrite)
     with FeaturesReader(features_path) as f:
         readable, unreadable = f.names(), f.failed()
     pairs_path = timed(
@@ -159,19 +170,42 @@ def run_pipeline(
         overwrite=overwrite,
         image_names=readable,
     )
-    matches_path = timed(
-        "matching",
-        match_pairs,
-        pairs_path,
-        features_path,
-        output_dir,
-        config.matching,
-        device=device,
-        overwrite=overwrite,
-    )
+    def match(overwrite: bool) -> Path:
+        return timed(
+            "matching",
+            match_pairs,
+            pairs_path,
+            features_path,
+            output_dir,
+            config.matching,
+            device=device,
+            overwrite=overwrite,
+        )
+
+    matches_path = match(overwrite)
+    if config.orientation.enabled:
+        turned = timed(
+            "orientation",
+            estimate_rotations,
+            image_dir,
+            features_path,
+            matches_path,
+            output_dir,
+            config.orientation,
+            config.keypoints,
+            config.matching,
+            device=device,
+        )
+        if turned != rotations:
+            # Only the turned images are extracted again, and only their pairs matched again.
+            extract(turned, False)
+            match(False)
     num_pairs, num_matches = count_matches(matches_path)
     counts: dict[str, Any] = {
         "images": len(names),
+        "turned_images": len(json.loads(rotations_path.read_text()).get("rotations", {}))
+        if rotations_path.is_file()
+        else 0,
         "readable_images": len(readable),
         "pairs": len(read_pairs(pairs_path)),
         "matched_pairs": num_pairs,

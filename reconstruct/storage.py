@@ -234,6 +234,7 @@ class ResultWriter:
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self._pending: list[Path] = []
         self._done: set[tuple[str, ...]] = set()
+        self._attrs: dict[tuple[str, ...], dict[str, Any]] = {}
         self._counter = 0
         self._prepare(overwrite)
 
@@ -241,6 +242,10 @@ class ResultWriter:
     def done(self) -> frozenset[tuple[str, ...]]:
         """Items already stored (in the final file or in parts left by an interrupted run)."""
         return frozenset(self._done)
+
+    def attrs(self, names: tuple[str, ...]) -> dict[str, Any] | None:
+        """Attributes of a stored item (None if not stored), e.g. to check how it was made."""
+        return self._attrs.get(tuple(names))
 
     def _expected(self) -> dict[str, str]:
         return {
@@ -271,7 +276,10 @@ class ResultWriter:
                     found = {k: _attr_str(f, k) or "" for k in self._expected()}
                     if found != self._expected():
                         self._refuse(self.path, found)
-                    self._done.update(_iter_item_names(f, self._depth))
+                    for names in _iter_item_names(f, self._depth):
+                        self._done.add(names)
+                        grp = f["/".join(name_to_key(n) for n in names)]
+                        self._attrs[names] = {k: _plain(v) for k, v in grp.attrs.items()}
             except OSError as e:
                 raise StorageError(
                     f"{self.path} is not a readable HDF5 file ({e}); "
@@ -290,13 +298,14 @@ class ResultWriter:
                     self._refuse(self.parts_dir, found)
             for part in sorted(self.parts_dir.glob("*.npz")):
                 try:
-                    names, _, _ = _read_part(part)
+                    names, _, part_attrs = _read_part(part)
                 except (OSError, ValueError, KeyError) as e:
                     logger.warning("Ignoring unreadable partial result %s (%s)", part, e)
                     part.unlink(missing_ok=True)
                     continue
                 self._pending.append(part)
                 self._done.add(names)
+                self._attrs[names] = part_attrs
             if self._pending:
                 logger.info(
                     "Resuming %s: %d finished items from an interrupted run",
@@ -335,6 +344,7 @@ class ResultWriter:
         atomic_write_bytes(part, buf.getvalue())
         self._pending.append(part)
         self._done.add(tuple(names))
+        self._attrs[tuple(names)] = json.loads(str(payload["attrs"]))
 
     def finalize(self) -> Path:
         """Fold the parts (and the previous file) into `path`, atomically."""
