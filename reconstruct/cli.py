@@ -100,58 +100,119 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("run", help="all stages: pairs, keypoints, matching, mapping, export",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "run",
+        help="all stages: pairs, keypoints, matching, mapping, export",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("image_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     _common(p)
 
-    p = sub.add_parser("demo", help="reconstruct a built-in synthetic scene and score it",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "demo",
+        help="reconstruct a built-in synthetic scene and score it",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
     p.add_argument("--num-images", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     _common(p)
 
-    p = sub.add_parser("pairs", help="stage 1: choose image pairs -> pairs.txt",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "pairs",
+        help="stage 1: choose image pairs -> pairs.txt",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("image_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--strategy", help="shorthand for --set pairs.strategy=...")
     _common(p)
 
-    p = sub.add_parser("extract", help="stage 2: local features -> features.h5",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "extract",
+        help="stage 2: local features -> features.h5",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("image_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     _common(p)
 
-    p = sub.add_parser("match", help="stage 3: match pairs.txt with features.h5 -> matches.h5",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "match",
+        help="stage 3: match pairs.txt with features.h5 -> matches.h5",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("output", type=Path, help="output folder holding pairs.txt and features.h5")
     _common(p)
 
-    p = sub.add_parser("map", help="stage 4: structure from motion -> sparse/",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "map",
+        help="stage 4: structure from motion -> sparse/",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("image_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     _common(p, device=False)
 
-    p = sub.add_parser("export", help="stage 5: largest model -> model/ (.bin, .txt), points.ply",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "export",
+        help="stage 5: largest model -> model/ (.bin, .txt), points.ply",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     p.add_argument("output", type=Path, help="output folder holding sparse/")
     _common(p, device=False)
 
     p = sub.add_parser("eval", help="score a model against ground-truth cameras")
     p.add_argument("model", type=Path, help="output folder, sparse/ folder or model folder")
-    p.add_argument("--gt", type=Path, required=True,
-                   help="cameras.txt (name fx fy cx cy qw qx qy qz tx ty tz) or a COLMAP model")
+    p.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="cameras.txt (name fx fy cx cy qw qx qy qz tx ty tz) or a COLMAP model",
+    )
     p.add_argument("--json", type=Path, help="where to write the metrics (default: print only)")
     _common(p, config=False, device=False)
 
-    p = sub.add_parser("config", help="print the resolved configuration",
-                       epilog=_settings_epilog(), formatter_class=fmt)
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
     _common(p, device=False)
+
+    p = sub.add_parser("viz", help="pictures: matches of a pair, DINOv2 PCA, the sparse model")
+    vsub = p.add_subparsers(dest="viz", required=True, metavar="WHAT")
+    q = vsub.add_parser("matches", help="matches of a pair (RANSAC inliers green, outliers red)")
+    q.add_argument("output", type=Path, help="output folder holding features.h5 and matches.h5")
+    q.add_argument("name0")
+    q.add_argument("name1")
+    q.add_argument("--images", type=Path, help="image folder (default: the one in run.json)")
+    q.add_argument("-o", "--png", type=Path, help="default: OUTPUT/viz/matches_NAME0_NAME1.png")
+    q.add_argument("--max-lines", type=int, default=300, help="draw at most this many matches")
+    _common(q, config=False, device=False)
+    q = vsub.add_parser(
+        "pca",
+        help="PC 1-3 of an image's DINOv2 patch features and foreground",
+        epilog=_settings_epilog(),
+        formatter_class=fmt,
+    )
+    q.add_argument("image", type=Path)
+    q.add_argument("-o", "--png", type=Path, help="default: IMAGE_STEM_pca.png here")
+    _common(q)
+    q = vsub.add_parser("model", help="sparse points and camera frusta from a few viewpoints")
+    q.add_argument("output", type=Path, help="output folder, sparse/ folder or model folder")
+    q.add_argument("-o", "--png", type=Path, help="default: OUTPUT/viz/model.png")
+    q.add_argument("--views", type=int, default=3)
+    _common(q, config=False, device=False)
 
     p = sub.add_parser("weights", help="model weights: `reconstruct weights list`")
     p.add_argument("action", choices=["list"])
@@ -235,14 +296,17 @@ def _cmd_map(args) -> int:
     from .keypoints import FEATURES_NAME
     from .mapping import run_mapping
     from .matching import MATCHES_NAME
+    from .pairs import PAIRS_NAME
 
     config = _load_config(args)
+    pairs_path = args.output / PAIRS_NAME
     path = run_mapping(
         args.image_dir,
         args.output / FEATURES_NAME,
         args.output / MATCHES_NAME,
         args.output,
         config.mapping,
+        pairs_path=pairs_path if pairs_path.is_file() else None,
     )
     print(path)
     return 0
@@ -276,6 +340,24 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_viz(args) -> int:
+    from . import viz
+
+    if args.viz == "matches":
+        path = viz.draw_matches(
+            args.images, args.output, args.name0, args.name1, args.png, max_lines=args.max_lines
+        )
+    elif args.viz == "pca":
+        from .device import resolve_device
+
+        patch = _load_config(args).keypoints.patch
+        path = viz.draw_pca(args.image, args.png, patch, resolve_device(args.device))
+    else:
+        path = viz.draw_model(args.output, args.png, views=args.views)
+    print(path)
+    return 0
+
+
 def _cmd_weights(args) -> int:
     from .models.dinov2 import format_weights_table
 
@@ -294,6 +376,7 @@ COMMANDS = {
     "eval": _cmd_eval,
     "config": _cmd_config,
     "weights": _cmd_weights,
+    "viz": _cmd_viz,
 }
 
 

@@ -77,9 +77,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not {_type_name(tp)}")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for a in args:
             if a is type(None):
@@ -165,7 +165,9 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected stage.key=value, e.g. keypoints.max_keypoints=2048")
+            raise ConfigError(
+                f"--set {item!r}: expected stage.key=value, e.g. keypoints.max_keypoints=2048"
+            )
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):

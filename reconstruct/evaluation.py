@@ -527,7 +527,9 @@ class _PairErrors:
             rot = np.where(together, rot, np.inf)
             trans = np.where(together, trans, np.inf)
             err = np.where(together, err, np.inf)
-            for key, value in zip("ijrtez", (np.full_like(j, i), j, rot, trans, err, zero_gt)):
+            for key, value in zip(
+                "ijrtez", (np.full_like(j, i), j, rot, trans, err, zero_gt), strict=False
+            ):
                 out[key].append(value)
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
         return cls(cat["i"], cat["j"], cat["r"], cat["t"], cat["e"], cat["z"].astype(bool))

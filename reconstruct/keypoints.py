@@ -8,6 +8,7 @@ read are recorded in the file with their reason and skipped by later stages.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -21,6 +22,8 @@ from tqdm import tqdm
 from .config import config_hash, option, to_dict
 from .errors import ConfigError, ImageReadError
 from .images import list_images, prefetch, read_image, resize_long_side
+from .masks import filter_by_mask, load_mask
+from .models.patch_matcher import PatchFeaturesConfig
 from .storage import FEATURES_SCHEMA, Header, ResultWriter
 
 logger = logging.getLogger(__name__)
@@ -32,8 +35,10 @@ FEATURES_NAME = "features.h5"
 class KeypointsConfig:
     """Settings of the keypoint stage (`keypoints.*`)."""
 
-    extractor: Literal["aliked", "sift"] = option(
-        "aliked", "aliked (learned, matched by LightGlue) or sift (OpenCV, matched by mnn)"
+    extractor: Literal["aliked", "sift", "dinov2_patch"] = option(
+        "aliked",
+        "aliked (learned, matched by LightGlue), sift (OpenCV, matched by mnn) or dinov2_patch "
+        "(DINOv2 patch centres, matched by matching.matcher=dinov2_patch)",
     )
     model: Literal["n16", "n16rot", "n32", "t16"] = option(
         "n16", "ALIKED variant; n16rot is trained for rotation robustness"
@@ -47,7 +52,11 @@ class KeypointsConfig:
         1024, "downscale so the long side is at most this many pixels (None: full size)"
     )
     sift_contrast_threshold: float = option(0.02, "OpenCV SIFT contrastThreshold")
+    mask_dir: Path | None = option(
+        None, "masks named like the images plus .png (COLMAP); keypoints on zero pixels dropped"
+    )
     workers: int = option(1, "background threads decoding images", hashed=False)
+    patch: PatchFeaturesConfig = dataclasses.field(default_factory=PatchFeaturesConfig)
 
     def __post_init__(self) -> None:
         if self.max_keypoints <= 0:
@@ -160,6 +169,10 @@ def build_extractor(config: KeypointsConfig, device):
         return AlikedExtractor(config, device)
     if config.extractor == "sift":
         return SiftExtractor(config)
+    if config.extractor == "dinov2_patch":
+        from .models.patch_matcher import PatchExtractor
+
+        return PatchExtractor(config.patch, device)
     raise ConfigError(f"unknown extractor {config.extractor!r}")
 
 
@@ -206,7 +219,12 @@ def extract_keypoints(
     names = image_names if image_names is not None else list_images(image_dir)
     rotations = rotations or {}
     path = output_dir / FEATURES_NAME
-    header = Header(FEATURES_SCHEMA, to_dict(config), config_hash(config))
+    weights: dict[str, str] = {}
+    if config.extractor == "dinov2_patch":  # the weights file is part of the features' identity
+        from .models.patch_matcher import resolve_patch_weights
+
+        weights["weights_sha256"] = resolve_patch_weights(config.patch)[1]
+    header = Header(FEATURES_SCHEMA, {**to_dict(config), **weights}, config_hash(config, **weights))
     with ResultWriter(path, header, overwrite=overwrite) as writer:
         todo = [n for n in names if not _is_current(writer.attrs((n,)), rotations.get(n, 0))]
         if not todo:
@@ -227,7 +245,9 @@ def extract_keypoints(
         for name, image in tqdm(results, total=len(todo), desc="keypoints", unit="img"):
             if isinstance(image, ImageReadError):
                 logger.warning("Skipping %s: %s", name, image.reason)
-                writer.add((name,), _empty_features(), {"error": image.reason, "image_size": (0, 0)})
+                writer.add(
+                    (name,), _empty_features(), {"error": image.reason, "image_size": (0, 0)}
+                )
                 failed += 1
                 continue
             if isinstance(image, BaseException):
@@ -235,6 +255,8 @@ def extract_keypoints(
             h, w = image.shape[:2]
             k = rotations.get(name, 0) % 4
             feats = extract_image(extractor, image, config.resize, k)
+            if config.mask_dir is not None:
+                feats = filter_by_mask(feats, load_mask(config.mask_dir, name, image.shape))
             writer.add((name,), feats, {"image_size": (w, h), "rotation": k})
         logger.info(
             "Extracted features of %d images in %.1f s (%d unreadable)",

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .config import option
 from .errors import ConfigError, MappingError
 from .gt import read_cameras_txt
-from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_public
+from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_public, read_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +182,13 @@ def build_database(
     features_path: Path,
     matches_path: Path,
     config: MappingConfig,
+    pairs: set[tuple[str, str]] | None = None,
 ) -> tuple[int, list[str], list[int]]:
     """Write cameras, images, keypoints and matches into a new COLMAP database.
 
-    Returns (number of pairs written, image names, number of images of each camera).
+    Only the pairs in `pairs` (unordered) are used when it is given: matches.h5 may hold pairs
+    of an earlier selection. Returns (number of pairs written, image names, number of images
+    of each camera).
     """
     import pycolmap
 
@@ -211,13 +214,13 @@ def build_database(
             image_ids: dict[str, int] = {}
             for members in groups.values():
                 prior = next((known[n] for n in members if n in known), None)
-                if config.camera_mode != "per_image" and prior is not None:
-                    if any(n not in known for n in members):
-                        logger.warning(
-                            "Known intrinsics of %s are used for all %d images sharing its camera",
-                            prior.name,
-                            len(members),
-                        )
+                shared = config.camera_mode != "per_image" and prior is not None
+                if shared and any(n not in known for n in members):
+                    logger.warning(
+                        "Known intrinsics of %s are used for all %d images sharing its camera",
+                        prior.name,
+                        len(members),
+                    )
                 camera = _make_camera(pycolmap, config.camera_model, sizes[members[0]], prior)
                 camera_id = db.write_camera(camera)
                 rig = pycolmap.Rig()
@@ -236,6 +239,8 @@ def build_database(
             with MatchesReader(matches_path) as matches:
                 for a, b in matches.pairs():
                     if a not in image_ids or b not in image_ids:
+                        continue
+                    if pairs is not None and (a, b) not in pairs:
                         continue
                     m, _ = matches.read(a, b)
                     if len(m) < max(1, config.min_matches):
@@ -310,9 +315,12 @@ def run_mapping(
     matches_path: Path,
     output_dir: Path,
     config: MappingConfig = MappingConfig(),
+    *,
+    pairs_path: Path | None = None,
 ) -> Path:
     """Reconstruct the scene; returns ``output_dir/sparse`` holding models ``0`` (largest),
-    ``1``, ... Raises MappingError (with counts) when no model can be built."""
+    ``1``, ... Raises MappingError (with counts) when no model can be built. With `pairs_path`,
+    only the matches of those pairs are used."""
     import pycolmap
 
     output_dir = Path(output_dir)
@@ -321,8 +329,11 @@ def run_mapping(
     database_path = output_dir / DATABASE_NAME
     sparse_dir = output_dir / SPARSE_NAME
     start = time.perf_counter()
+    selected = None
+    if pairs_path is not None:
+        selected = {tuple(sorted(p)) for p in read_pairs(pairs_path)}
     num_pairs, names, camera_sizes = build_database(
-        database_path, features_path, matches_path, config
+        database_path, features_path, matches_path, config, selected
     )
     refine_pp = config.refine_principal_point == "always" or (
         config.refine_principal_point == "auto" and min(camera_sizes) >= PP_MIN_IMAGES_PER_CAMERA
@@ -430,8 +441,6 @@ def registered_counts(sparse_dir: Path) -> list[int]:
     return [m["registered"] for m in info["models"]]
 
 
-
-
 def run_colmap_sift(
     image_dir: Path,
     output_dir: Path,
@@ -467,7 +476,10 @@ def run_colmap_sift(
     with redirect_native_output(log_path):
         t0 = time.perf_counter()
         pycolmap.extract_features(
-            str(database_path), str(image_dir), camera_mode=camera_mode, reader_options=reader,
+            str(database_path),
+            str(image_dir),
+            camera_mode=camera_mode,
+            reader_options=reader,
             device=pycolmap.Device.cpu,
         )
         timings["keypoints"] = time.perf_counter() - t0

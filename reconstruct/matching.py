@@ -9,6 +9,7 @@ a mapping setting, so it can change without re-matching.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from .config import config_hash, option, to_dict
 from .errors import ConfigError
+from .models.patch_matcher import PatchMatchingConfig
 from .storage import (
     FEATURES_SCHEMA,
     MATCHES_SCHEMA,
@@ -43,8 +45,10 @@ MATCHES_NAME = "matches.h5"
 class MatchingConfig:
     """Settings of the matching stage (`matching.*`)."""
 
-    matcher: Literal["lightglue", "mnn"] = option(
-        "lightglue", "lightglue (for ALIKED features) or mnn (mutual nearest neighbours)"
+    matcher: Literal["lightglue", "mnn", "dinov2_patch"] = option(
+        "lightglue",
+        "lightglue (for ALIKED features), mnn (mutual nearest neighbours) or dinov2_patch "
+        "(DINOv2 patch features; settings matching.patch.*)",
     )
     depth_confidence: float = option(
         0.95, "LightGlue early stopping confidence (adaptive depth); -1 disables"
@@ -56,6 +60,7 @@ class MatchingConfig:
     mnn_ratio: float = option(0.8, "mnn: Lowe ratio test threshold (1 disables)")
     mixed_precision: bool = option(True, "LightGlue in float16 autocast on CUDA (CPU: ignored)")
     cache_size: int = option(128, "features of this many images kept in memory", hashed=False)
+    patch: PatchMatchingConfig = dataclasses.field(default_factory=PatchMatchingConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.mnn_ratio <= 1:
@@ -159,6 +164,15 @@ def build_matcher(config: MatchingConfig, extractor: str, device):
         return LightGlueMatcher(config, device)
     if config.matcher == "mnn":
         return MutualNNMatcher(config, device)
+    if config.matcher == "dinov2_patch":
+        if extractor != "dinov2_patch":
+            raise ConfigError(
+                f"matching.matcher=dinov2_patch needs DINOv2 patch features, but the features "
+                f"are {extractor!r}; extract with --set keypoints.extractor=dinov2_patch"
+            )
+        from .models.patch_matcher import PatchMatcher
+
+        return PatchMatcher(config.patch, device)
     raise ConfigError(f"unknown matcher {config.matcher!r}")
 
 

@@ -118,8 +118,17 @@ def estimate_rotations(
                     # Partners must have features made with their current turn.
                     usable = {m for m in main if turns[m] == stored[m] or m in fresh}
                     found = _best_turn(
-                        group, usable, counts, turns, feats, fresh, image_dir, extractor,
-                        matcher, keypoints, config,
+                        group,
+                        usable,
+                        counts,
+                        turns,
+                        feats,
+                        fresh,
+                        image_dir,
+                        extractor,
+                        matcher,
+                        keypoints,
+                        config,
                     )
                     if found is None:
                         continue

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .config import config_hash, load_yaml, merge, override, to_dict
+from .errors import ConfigError
 from .export import ExportConfig, export_model, model_dirs, model_statistics
 from .images import list_images
 from .keypoints import KeypointsConfig, extract_keypoints
@@ -56,7 +57,17 @@ def load_config(
     if overrides:
         updates = merge(updates, overrides)
         where = f"{where} + --set" if config_path else "--set"
-    return override(PipelineConfig(), updates, where)
+    config = override(PipelineConfig(), updates, where)
+    # The patch matcher needs patch features: choosing it chooses them.
+    if config.matching.matcher == "dinov2_patch" and config.keypoints.extractor != "dinov2_patch":
+        if "extractor" in updates.get("keypoints", {}):
+            raise ConfigError(
+                f"{where}: matching.matcher=dinov2_patch needs keypoints.extractor=dinov2_patch, "
+                f"not {config.keypoints.extractor!r}"
+            )
+        keypoints = dataclasses.replace(config.keypoints, extractor="dinov2_patch")
+        config = dataclasses.replace(config, keypoints=keypoints)
+    return config
 
 
 def versions() -> dict[str, str]:
@@ -170,6 +181,7 @@ def run_pipeline(
         overwrite=overwrite,
         image_names=readable,
     )
+
     def match(overwrite: bool) -> Path:
         return timed(
             "matching",
@@ -232,6 +244,7 @@ def run_pipeline(
             matches_path,
             output_dir,
             config.mapping,
+            pairs_path=pairs_path,
         )
         model_dir = timed("export", export_model, sparse_dir, output_dir, config.export)
         summary.models = [model_statistics(d) for d in model_dirs(sparse_dir)]
@@ -268,6 +281,4 @@ def evaluate_reconstruction(model_path: Path, gt_path: Path):
         model_path = model_path / "sparse"
     dirs = model_dirs(model_path)
     stats = model_statistics(dirs[0])
-    return evaluate(
-        load_ground_truth(gt_path), read_all_poses(model_path), model_statistics=stats
-    )
+    return evaluate(load_ground_truth(gt_path), read_all_poses(model_path), model_statistics=stats)

@@ -434,7 +434,9 @@ class FeaturesReader:
     def names(self) -> list[str]:
         """Images with features (unreadable images are excluded: see :meth:`failed`)."""
         return sorted(
-            n for (n,) in _iter_item_names(self._f, 1) if "error" not in self._f[name_to_key(n)].attrs
+            n
+            for (n,) in _iter_item_names(self._f, 1)
+            if "error" not in self._f[name_to_key(n)].attrs
         )
 
     def failed(self) -> dict[str, str]:

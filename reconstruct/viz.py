@@ -172,9 +172,10 @@ def draw_matches(
     """Draw the stored matches of (name0, name1) of a run in `output_dir` into a PNG.
 
     Reads ``output_dir/features.h5`` and ``output_dir/matches.h5`` and the two images from
-    `image_dir` (None: the folder recorded in ``output_dir/run.json``). Inliers are those of a MAGSAC++ fundamental matrix at `ransac_threshold` px.
-    Default output: ``output_dir/viz/matches_<name0>_<name1>.png`` (``/`` in names becomes
-    ``_``). Returns the path written.
+    `image_dir` (None: the folder recorded in ``output_dir/run.json``). Inliers are those of a
+    MAGSAC++ fundamental matrix at `ransac_threshold` px. Default output:
+    ``output_dir/viz/matches_<name0>_<name1>.png`` (``/`` in names becomes ``_``). Returns the
+    path written.
     """
     output_dir = Path(output_dir)
     image_dir = Path(image_dir) if image_dir is not None else run_image_dir(output_dir)

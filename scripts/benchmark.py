@@ -117,14 +117,21 @@ def format_table(r: dict) -> str:
     rows.append(("  s/pair", f"{ours['timings']['matching'] / pairs:.3f}", "-"))
     rows.append(("mapping s", t(ours, "mapping"), t(colmap, "mapping")))
     rows.append(("total s", t(ours, "total"), t(colmap, "total")))
-    rows.append(("registered", f"{ours['registered']}/{n}",
-                 f"{colmap.get('registered', '-')}/{n}" if colmap else "-"))
+    rows.append(
+        (
+            "registered",
+            f"{ours['registered']}/{n}",
+            f"{colmap.get('registered', '-')}/{n}" if colmap else "-",
+        )
+    )
     for key in ("points", "reprojection_error", "track_length", "maa", "center_maa"):
         rows.append((key, str(ours.get(key, "-")), str(colmap.get(key, "-"))))
     for th in ("5", "10", "20"):
         a = ours.get("auc", {}).get(th)
         b = colmap.get("auc", {}).get(th)
-        rows.append((f"AUC@{th}", "-" if a is None else f"{a:.3f}", "-" if b is None else f"{b:.3f}"))
+        rows.append(
+            (f"AUC@{th}", "-" if a is None else f"{a:.3f}", "-" if b is None else f"{b:.3f}")
+        )
     if "time_ratio" in r:
         rows.append(("time ours/colmap", f"{r['time_ratio']:.2f}", ""))
     w0 = max(len(a) for a, _, _ in rows)
@@ -134,7 +141,9 @@ def format_table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("scenes", nargs="+", type=Path)
     p.add_argument("--config")
     p.add_argument("--set", action="append")

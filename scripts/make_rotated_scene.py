@@ -41,8 +41,11 @@ def main() -> None:
         image = read_image(args.src / "images" / name)
         h, w = image.shape[:2]
         out = np.ascontiguousarray(np.rot90(image, turns[name]))
-        cv2.imwrite(str(args.dst / "images" / name), cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(
+            str(args.dst / "images" / name),
+            cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, 95],
+        )
         if name in gt:
             cams.append(rotate_camera(gt[name], turns[name], w, h))
         print(f"{name}: turned {90 * turns[name]} degrees")

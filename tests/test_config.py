@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from reconstruct.config import config_hash, coerce, load_yaml, override, parse_set, to_dict
+from reconstruct.config import coerce, config_hash, load_yaml, override, parse_set, to_dict
 from reconstruct.errors import ConfigError
 from reconstruct.keypoints import KeypointsConfig
 from reconstruct.pipeline import PipelineConfig, load_config

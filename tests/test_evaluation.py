@@ -285,7 +285,8 @@ def test_collinear_or_identical_centres_cannot_be_aligned():
     names = sorted(gt)
     rotations = [gt[n].rotation for n in names]
     line = {
-        n: camera(n, r, np.array([k, 2 * k, 0.5])) for k, (n, r) in enumerate(zip(names, rotations))
+        n: camera(n, r, np.array([k, 2 * k, 0.5]))
+        for k, (n, r) in enumerate(zip(names, rotations, strict=False))
     }
     m = evaluate(gt, [line])  # estimated centres collinear
     assert m.models[0].aligned is False and m.center_maa == 0.0
@@ -294,7 +295,8 @@ def test_collinear_or_identical_centres_cannot_be_aligned():
     assert m.models[0].aligned is False and m.center_maa == 0.0
     assert m.maa == 0.0
     gt_line = {
-        n: camera(n, r, np.array([k, 0.0, 0.0])) for k, (n, r) in enumerate(zip(names, rotations))
+        n: camera(n, r, np.array([k, 0.0, 0.0]))
+        for k, (n, r) in enumerate(zip(names, rotations, strict=False))
     }
     m = evaluate(gt_line, [gt_line])  # GT centres collinear: pair metrics are still fine
     assert m.models[0].aligned is False and m.center_maa == 0.0 and m.maa == 1.0

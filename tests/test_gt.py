@@ -16,8 +16,15 @@ def test_rotate_camera_follows_the_turned_image(k):
     q = rng.normal(size=4)
     from scipy.spatial.transform import Rotation
 
-    cam = CameraPose("a", 500.0, 480.0, 300.0, 210.0, Rotation.from_quat(q).as_matrix(),
-                     np.array([0.1, -0.2, 4.0]))
+    cam = CameraPose(
+        "a",
+        500.0,
+        480.0,
+        300.0,
+        210.0,
+        Rotation.from_quat(q).as_matrix(),
+        np.array([0.1, -0.2, 4.0]),
+    )
     w, h = 640, 400
     point = cam.rotation.T @ (np.array([0.3, -0.2, 1.0]) * 3 - cam.translation)
     u, v = _project(cam, point)

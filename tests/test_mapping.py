@@ -77,7 +77,9 @@ def test_mapping_recovers_known_poses(tmp_path):
     assert len(models) == 1 and set(models[0]) == set(cams)
     m = evaluate(cams, models)
     assert m.registration_ratio == 1.0
-    assert m.to_dict()["auc"]["5"] > 0.95  # rotation and translation direction within a fraction of a degree
+    assert (
+        m.to_dict()["auc"]["5"] > 0.95
+    )  # rotation and translation direction within a fraction of a degree
     assert (tmp_path / "out" / "colmap.log").stat().st_size > 0
     model = export_model(sparse, tmp_path / "out", ExportConfig())
     assert (model / "images.bin").is_file() and (model / "images.txt").is_file()

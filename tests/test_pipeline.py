@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-
 import numpy as np
 import pytest
 
@@ -77,7 +76,9 @@ def test_output_of_another_config_is_refused(small_scene, tmp_path, capsys):
     other = {"keypoints": {"max_keypoints": 400, "resize": 640}}
     with pytest.raises(StaleOutputError, match="--overwrite"):
         run_pipeline(small_scene, out, load_config(overrides=other))
-    code = main(["extract", str(small_scene), "-o", str(out), "--set", "keypoints.max_keypoints=400"])
+    code = main(
+        ["extract", str(small_scene), "-o", str(out), "--set", "keypoints.max_keypoints=400"]
+    )
     assert code == StaleOutputError.exit_code
     assert "--overwrite" in capsys.readouterr().err
     summary = run_pipeline(small_scene, out, load_config(overrides=other), overwrite=True)
@@ -96,8 +97,9 @@ def test_nothing_registrable_is_a_typed_error(tmp_path, capsys):
     with pytest.raises(MappingError, match="geometric verification|could not build"):
         run_pipeline(images, tmp_path / "out", cfg)
     assert (tmp_path / "out" / "run.json").is_file()  # what was done is still reported
-    code = main(["run", str(images), "-o", str(tmp_path / "out2"), "--set",
-                 "keypoints.max_keypoints=128"])
+    code = main(
+        ["run", str(images), "-o", str(tmp_path / "out2"), "--set", "keypoints.max_keypoints=128"]
+    )
     assert code == MappingError.exit_code
     assert "error:" in capsys.readouterr().err
 
@@ -155,5 +157,3 @@ def test_sacre_coeur_registers(real_data, tmp_path):
     images = real_data / "sacre_coeur" / "images"
     summary = run_pipeline(images, tmp_path / "out", load_config())
     assert summary.counts["registered_images"] >= 9, summary.format()
-
-

@@ -115,12 +115,11 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
             w.add((n,), *features(i + 1))
 
     path = tmp_path / "run" / "features.h5"
-    with pytest.raises(KeyboardInterrupt):
-        with ResultWriter(path, header()) as w:
-            for i, n in enumerate(names):
-                if i == 2:
-                    raise KeyboardInterrupt
-                w.add((n,), *features(i + 1))
+    with pytest.raises(KeyboardInterrupt), ResultWriter(path, header()) as w:
+        for i, n in enumerate(names):
+            if i == 2:
+                raise KeyboardInterrupt
+            w.add((n,), *features(i + 1))
     assert not path.exists()  # nothing half-written at the final name
     # a part being written when the process died: a temporary file, never a .npz
     (path.parent / "features.h5.parts" / ".00000009.npz.x.tmp").write_bytes(b"garbage")
@@ -137,10 +136,9 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
 
 def test_parts_from_another_config_are_refused(tmp_path):
     path = tmp_path / "features.h5"
-    with pytest.raises(RuntimeError):
-        with ResultWriter(path, header(h="one")) as w:
-            w.add(("a",), *features(1))
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), ResultWriter(path, header(h="one")) as w:
+        w.add(("a",), *features(1))
+        raise RuntimeError("killed")
     with pytest.raises(StaleOutputError):
         ResultWriter(path, header(h="two"))
 

@@ -72,8 +72,8 @@ class PatchFeaturesConfig:
     """DINOv2 patch features (`keypoints.patch.*`, used when keypoints.extractor=dinov2_patch)."""
 
     backbone: Backbone = option(
-        "vitb14",
-        "DINOv2 backbone (as pairs.retrieval.backbone, so one weights file serves both)",
+        "vits14",
+        "DINOv2 backbone; vits14 is 3x faster than vitb14 on CPU (vitb14 shares retrieval's file)",
     )
     resolution: int = option(
         518, "long side given to DINOv2, pixels, a multiple of 14 (518: 37 patches)"
