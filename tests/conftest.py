@@ -9,27 +9,29 @@ from pathlib import Path
 import pytest
 
 
-class _NoNetwork(socket.socket):
-    def connect(self, *args, **kwargs):  # noqa: D102
-        raise OSError("network access is blocked in tests")
-
-    def connect_ex(self, *args, **kwargs):  # noqa: D102
-        raise OSError("network access is blocked in tests")
+def _refuse(*args, **kwargs):
+    raise OSError("network access is blocked in tests")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _block_network():
-    original = socket.socket
-    socket.socket = _NoNetwork  # type: ignore[misc]
-    original_create = socket.create_connection
+    """Any attempt to resolve a name or open a connection fails at once, in every test."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _refuse)
+        mp.setattr(socket.socket, "connect_ex", _refuse)
+        mp.setattr(socket, "create_connection", _refuse)
+        mp.setattr(socket, "getaddrinfo", _refuse)
+        yield
 
-    def refuse(*args, **kwargs):
-        raise OSError("network access is blocked in tests")
 
-    socket.create_connection = refuse  # type: ignore[assignment]
-    yield
-    socket.socket = original  # type: ignore[misc]
-    socket.create_connection = original_create  # type: ignore[assignment]
+@pytest.fixture()
+def caches(tmp_path, monkeypatch):
+    """Every weights cache the DINOv2 resolver looks at points into tmp_path (empty)."""
+    monkeypatch.setenv("RECONSTRUCT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "cache" / "weights"
 
 
 def _data_root() -> Path | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import time
 from pathlib import Path
 
@@ -19,26 +18,7 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 TINY_GIANT = {"depth": 2, "embed_dim": 48, "num_heads": 2}  # SwiGLU needs an even hidden size
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails at once."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-
-
-@pytest.fixture(autouse=True)
-def caches(tmp_path, monkeypatch):
-    """Every cache the resolver looks at points into tmp_path (empty)."""
-    monkeypatch.setenv("RECONSTRUCT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    return tmp_path / "cache" / "weights"
+pytestmark = pytest.mark.usefixtures("caches")
 
 
 def randomized(model, seed: int = 0):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -50,16 +49,6 @@ from reconstruct.storage import (
 )
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}  # as in test_dinov2 / test_retrieval
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def tiny_model(backbone: str = "vits14", seed: int = 0) -> PatchModel:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import cv2
 import numpy as np
 import pytest
@@ -24,16 +22,6 @@ from reconstruct.retrieval import (
 from reconstruct.storage import GLOBAL_SCHEMA, read_global_descriptors, read_header
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access is disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def tiny_model(backbone="vits14", seed=0) -> DescriptorModel:
