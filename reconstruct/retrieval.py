@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .config import config_hash, option, to_dict
 from .errors import ImageReadError
 from .images import prefetch, read_image
-from .models.dinov2 import PATCH_SIZE
+from .models.dinov2 import PATCH_SIZE, check_resolution
 from .storage import GLOBAL_SCHEMA, Header, ResultWriter, read_global_descriptors
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,7 @@ class RetrievalConfig:
     workers: int = option(1, "background threads decoding images", hashed=False)
 
     def __post_init__(self) -> None:
-        if self.resolution < 2 * PATCH_SIZE or self.resolution % PATCH_SIZE:
-            lo = max(2, self.resolution // PATCH_SIZE) * PATCH_SIZE
-            raise ValueError(
-                f"resolution must be a multiple of {PATCH_SIZE} and at least {2 * PATCH_SIZE}, "
-                f"got {self.resolution}; use {lo} or {lo + PATCH_SIZE}"
-            )
+        check_resolution(self.resolution)
         if self.gem_p <= 0:
             raise ValueError(f"gem_p must be positive, got {self.gem_p}")
         if self.batch_size < 1:

@@ -36,6 +36,19 @@ from ..errors import ModelWeightsError
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 14
+
+
+def check_resolution(resolution: int) -> None:
+    """Raise ValueError (a ConfigError through config.override) unless `resolution` is a
+    multiple of the patch size and at least two patches."""
+    if resolution < 2 * PATCH_SIZE or resolution % PATCH_SIZE:
+        lo = max(2, resolution // PATCH_SIZE) * PATCH_SIZE
+        raise ValueError(
+            f"resolution must be a multiple of {PATCH_SIZE} and at least {2 * PATCH_SIZE}, "
+            f"got {resolution}; use {lo} or {lo + PATCH_SIZE}"
+        )
+
+
 PRETRAIN_SIZE = 518  # DINOv2's last training resolution: 37 x 37 patches, the pos_embed grid
 DOWNLOAD_TIMEOUT = 30.0  # seconds without data before a download is abandoned
 

@@ -100,12 +100,7 @@ class PatchFeaturesConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.resolution < 2 * PATCH_SIZE or self.resolution % PATCH_SIZE:
-            lo = max(2, self.resolution // PATCH_SIZE) * PATCH_SIZE
-            raise ValueError(
-                f"resolution must be a multiple of {PATCH_SIZE} and at least {2 * PATCH_SIZE}, "
-                f"got {self.resolution}; use {lo} or {lo + PATCH_SIZE}"
-            )
+        dinov2.check_resolution(self.resolution)
         if not 1 <= self.upsample <= 4:
             raise ValueError(f"upsample must be 1, 2, 3 or 4, got {self.upsample}")
 
