@@ -400,7 +400,11 @@ def format_metrics(m: PoseMetrics) -> str:
         lines.append(f"models not aligned (too few or collinear cameras): {unaligned}")
     if m.model_statistics:
         lines.append(
-            "model statistics: " + ", ".join(f"{k} {v}" for k, v in m.model_statistics.items())
+            "model statistics: "
+            + ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in m.model_statistics.items()
+            )
         )
     return "\n".join(lines)
 
