@@ -195,6 +195,7 @@ def run_pipeline(
         )
 
     matches_path = match(overwrite)
+    turned = rotations
     if config.orientation.enabled:
         turned = timed(
             "orientation",
@@ -215,9 +216,7 @@ def run_pipeline(
     num_pairs, num_matches = count_matches(matches_path)
     counts: dict[str, Any] = {
         "images": len(names),
-        "turned_images": len(json.loads(rotations_path.read_text()).get("rotations", {}))
-        if rotations_path.is_file()
-        else 0,
+        "turned_images": len(turned),
         "readable_images": len(readable),
         "pairs": len(read_pairs(pairs_path)),
         "matched_pairs": num_pairs,
