@@ -86,7 +86,7 @@ def estimate_rotations(
     with FeaturesReader(features_path) as feats, MatchesReader(matches_path) as matches:
         names = feats.names()
         turns = {n: int(feats.attrs(n).get("rotation", 0)) for n in names}
-        counts = {p: len(matches.read(*p)[0]) for p in matches.pairs()}
+        counts = matches.counts()
         labels = match_graph(names, counts, config.min_matches)
         groups = [
             [n for n, lab in zip(names, labels, strict=True) if lab == g] for g in set(labels)

@@ -123,8 +123,8 @@ class RunSummary:
 def count_matches(matches_path: Path) -> tuple[int, int]:
     """(pairs, total matches) in a matches file."""
     with MatchesReader(matches_path) as m:
-        pairs = m.pairs()
-        return len(pairs), int(sum(len(m.read(a, b)[0]) for a, b in pairs))
+        counts = m.counts()
+    return len(counts), sum(counts.values())
 
 
 def run_pipeline(

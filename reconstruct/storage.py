@@ -24,6 +24,7 @@ and ends with the same file. A different config hash is refused unless ``overwri
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -337,8 +338,6 @@ class ResultWriter:
             self._counter += 1
             part = self.parts_dir / f"{self._counter:08d}.npz"
         self._counter += 1
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, **payload)
         atomic_write_bytes(part, buf.getvalue())
@@ -495,6 +494,13 @@ class MatchesReader:
     def __contains__(self, pair: tuple[str, str]) -> bool:
         a, b, _ = canonical_pair(*pair)
         return f"{name_to_key(a)}/{name_to_key(b)}" in self._f
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Number of matches of every stored pair (from dataset shapes; no arrays are read)."""
+        return {
+            (a, b): int(self._f[f"{name_to_key(a)}/{name_to_key(b)}"]["matches"].shape[0])
+            for a, b in self.pairs()
+        }
 
     def read(self, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
         """uint32 (K, 2) indices (column 0 indexes name0) and float32 (K,) scores."""

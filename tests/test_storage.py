@@ -184,3 +184,12 @@ def test_pairs_file_round_trip(tmp_path):
     (tmp_path / "bad.txt").write_text("a.jpg b.jpg\na.jpg\n")
     with pytest.raises(StorageError, match="bad.txt:2"):
         read_pairs(tmp_path / "bad.txt")
+
+
+def test_match_counts_come_from_shapes(tmp_path):
+    path = tmp_path / "matches.h5"
+    with ResultWriter(path, header(MATCHES_SCHEMA)) as w:
+        w.add(("a", "b"), {"matches": np.zeros((3, 2), np.uint32)})
+        w.add(("a", "c"), {"matches": np.zeros((0, 2), np.uint32)})
+    with MatchesReader(path) as r:
+        assert r.counts() == {("a", "b"): 3, ("a", "c"): 0}
