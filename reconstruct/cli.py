@@ -8,13 +8,17 @@ overrides defaults, `--set stage.key=value` overrides both (see `reconstruct con
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 from tqdm import tqdm
 
+from . import __version__, paths
 from .errors import ReconstructError
 
 logger = logging.getLogger("reconstruct")
@@ -26,7 +30,7 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never raise
+        except Exception:  # logging must never raise
             self.handleError(record)
 
 
@@ -38,43 +42,53 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    if quiet:
+        # No progress bars: here by a new default of tqdm's constructor (tqdm reads TQDM_*
+        # variables only when imported), in worker processes through the variable.
+        tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
+        os.environ["TQDM_DISABLE"] = "1"
 
 
-def _resolve_config_path(value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_file() or path.suffix:
-        return path
-    preset = Path("configs") / f"{value}.yaml"
-    return preset if preset.is_file() else path
+HELP_WIDTH = 100
+ALL_STAGES = ("keypoints", "pairs", "matching", "orientation", "mapping", "export")
 
 
 def _load_config(args):
-    from .config import parse_set
+    from .config import parse_set, resolve_config_path
     from .pipeline import load_config
 
     overrides = parse_set(args.set)
     if getattr(args, "strategy", None):
         overrides.setdefault("pairs", {})["strategy"] = args.strategy
-    return load_config(_resolve_config_path(args.config), overrides)
+    config_path = resolve_config_path(args.config) if args.config else None
+    return load_config(config_path, overrides)
 
 
-def _settings_epilog() -> str:
+def _settings_epilog(*stages: str) -> str:
+    """The settings of `stages` (all when none), one per entry, wrapped to HELP_WIDTH."""
     from .config import describe
     from .pipeline import PipelineConfig
 
-    rows = describe(PipelineConfig())
-    width = max(len(k) for k, _, _ in rows)
+    stages = stages or ALL_STAGES
+    rows = [r for r in describe(PipelineConfig()) if r[0].split(".")[0] in stages]
     lines = ["settings (--set KEY=VALUE, or in a --config YAML file):"]
     for key, default, help_ in rows:
-        lines.append(f"  {key:<{width}}  {help_} [default: {default}]")
+        lines.append(f"  {key}")
+        lines += textwrap.wrap(
+            f"{help_} [default: {default}]",
+            HELP_WIDTH,
+            initial_indent=" " * 6,
+            subsequent_indent=" " * 6,
+            break_on_hyphens=False,
+        )
     return "\n".join(lines)
 
 
 def _common(p: argparse.ArgumentParser, *, config: bool = True, device: bool = True) -> None:
     if config:
-        p.add_argument("--config", help="YAML preset: a path, or a name in configs/ (fast)")
+        p.add_argument(
+            "--config", help="YAML file, or the name of a shipped preset: default, fast, accurate"
+        )
         p.add_argument(
             "--set",
             action="append",
@@ -97,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reconstruct",
         description="Photos in, COLMAP model out (ALIKED + LightGlue + pycolmap).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser(
         "run",
-        help="all stages: pairs, keypoints, matching, mapping, export",
+        help="all stages: extract, pairs, match, orient, map, export",
         epilog=_settings_epilog(),
         formatter_class=fmt,
     )
@@ -123,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pairs",
-        help="stage 1: choose image pairs -> pairs.txt",
-        epilog=_settings_epilog(),
+        help="stage 2: choose image pairs -> pairs.txt",
+        epilog=_settings_epilog("pairs"),
         formatter_class=fmt,
     )
     p.add_argument("image_dir", type=Path)
@@ -134,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        help="stage 2: local features -> features.h5",
-        epilog=_settings_epilog(),
+        help="stage 1: local features -> features.h5",
+        epilog=_settings_epilog("keypoints"),
         formatter_class=fmt,
     )
     p.add_argument("image_dir", type=Path)
@@ -145,16 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "match",
         help="stage 3: match pairs.txt with features.h5 -> matches.h5",
-        epilog=_settings_epilog(),
+        epilog=_settings_epilog("matching"),
         formatter_class=fmt,
     )
     p.add_argument("output", type=Path, help="output folder holding pairs.txt and features.h5")
     _common(p)
 
     p = sub.add_parser(
+        "orient",
+        help="stage 4: turn sideways images upright -> rotations.json (re-extracts, re-matches)",
+        epilog=_settings_epilog("orientation", "keypoints", "matching"),
+        formatter_class=fmt,
+    )
+    p.add_argument("image_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder of `match`")
+    _common(p)
+
+    p = sub.add_parser(
         "map",
-        help="stage 4: structure from motion -> sparse/",
-        epilog=_settings_epilog(),
+        help="stage 5: structure from motion -> sparse/",
+        epilog=_settings_epilog("mapping"),
         formatter_class=fmt,
     )
     p.add_argument("image_dir", type=Path)
@@ -163,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="stage 5: largest model -> model/ (.bin, .txt), points.ply",
-        epilog=_settings_epilog(),
+        help="stage 6: largest model -> model/ (.bin, .txt), points.ply",
+        epilog=_settings_epilog("export"),
         formatter_class=fmt,
     )
     p.add_argument("output", type=Path, help="output folder holding sparse/")
@@ -202,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = vsub.add_parser(
         "pca",
         help="PC 1-3 of an image's DINOv2 patch features and foreground",
-        epilog=_settings_epilog(),
+        epilog=_settings_epilog("keypoints"),
         formatter_class=fmt,
     )
     q.add_argument("image", type=Path)
@@ -232,8 +257,8 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .evaluation import format_metrics
-    from .pipeline import evaluate_reconstruction, run_pipeline
+    from .evaluation import evaluate_reconstruction, format_metrics
+    from .pipeline import run_pipeline
     from .synthetic import SceneConfig, make_scene
 
     config = _load_config(args)
@@ -246,7 +271,7 @@ def _cmd_demo(args) -> int:
     metrics = evaluate_reconstruction(args.output, scene.gt_path)
     from .storage import atomic_write_json
 
-    atomic_write_json(args.output / "eval.json", metrics.to_dict())
+    atomic_write_json(args.output / paths.EVAL, metrics.to_dict())
     print(summary.format())
     print(format_metrics(metrics))
     return 0
@@ -256,33 +281,53 @@ def _cmd_pairs(args) -> int:
     from .pairs import select_pairs
 
     config = _load_config(args)
+    names = None
+    if (args.output / paths.FEATURES).is_file():  # as `run` does: skip unreadable images
+        from .storage import FeaturesReader
+
+        with FeaturesReader(args.output / paths.FEATURES) as f:
+            names = f.names()
     path = select_pairs(
-        args.image_dir, args.output, config.pairs, device=args.device, overwrite=args.overwrite
+        args.image_dir,
+        args.output,
+        config.pairs,
+        device=args.device,
+        overwrite=args.overwrite,
+        image_names=names,
     )
     print(path)
     return 0
 
 
 def _cmd_extract(args) -> int:
+    from .images import check_any_readable, list_images
     from .keypoints import extract_keypoints
+    from .pipeline import previous_rotations
 
     config = _load_config(args)
+    names = list_images(args.image_dir)
+    check_any_readable(args.image_dir, names)
+    turns = previous_rotations(args.output / paths.ROTATIONS, config.orientation, args.overwrite)
     path = extract_keypoints(
-        args.image_dir, args.output, config.keypoints, device=args.device, overwrite=args.overwrite
+        args.image_dir,
+        args.output,
+        config.keypoints,
+        device=args.device,
+        overwrite=args.overwrite,
+        image_names=names,
+        rotations=turns,
     )
     print(path)
     return 0
 
 
 def _cmd_match(args) -> int:
-    from .keypoints import FEATURES_NAME
     from .matching import match_pairs
-    from .pairs import PAIRS_NAME
 
     config = _load_config(args)
     path = match_pairs(
-        args.output / PAIRS_NAME,
-        args.output / FEATURES_NAME,
+        args.output / paths.PAIRS,
+        args.output / paths.FEATURES,
         args.output,
         config.matching,
         device=args.device,
@@ -292,18 +337,35 @@ def _cmd_match(args) -> int:
     return 0
 
 
-def _cmd_map(args) -> int:
-    from .keypoints import FEATURES_NAME
-    from .mapping import run_mapping
-    from .matching import MATCHES_NAME
-    from .pairs import PAIRS_NAME
+def _cmd_orient(args) -> int:
+    from .orientation import correct_orientation
 
     config = _load_config(args)
-    pairs_path = args.output / PAIRS_NAME
+    path = correct_orientation(
+        args.image_dir,
+        args.output / paths.FEATURES,
+        args.output / paths.PAIRS,
+        args.output / paths.MATCHES,
+        args.output,
+        config.orientation,
+        config.keypoints,
+        config.matching,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(path)
+    return 0
+
+
+def _cmd_map(args) -> int:
+    from .mapping import run_mapping
+
+    config = _load_config(args)
+    pairs_path = args.output / paths.PAIRS
     path = run_mapping(
         args.image_dir,
-        args.output / FEATURES_NAME,
-        args.output / MATCHES_NAME,
+        args.output / paths.FEATURES,
+        args.output / paths.MATCHES,
         args.output,
         config.mapping,
         pairs_path=pairs_path if pairs_path.is_file() else None,
@@ -314,16 +376,14 @@ def _cmd_map(args) -> int:
 
 def _cmd_export(args) -> int:
     from .export import export_model
-    from .mapping import SPARSE_NAME
 
     config = _load_config(args)
-    print(export_model(args.output / SPARSE_NAME, args.output, config.export))
+    print(export_model(args.output / paths.SPARSE, args.output, config.export))
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .evaluation import format_metrics
-    from .pipeline import evaluate_reconstruction
+    from .evaluation import evaluate_reconstruction, format_metrics
     from .storage import atomic_write_json
 
     metrics = evaluate_reconstruction(args.model, args.gt)
@@ -371,6 +431,7 @@ COMMANDS = {
     "pairs": _cmd_pairs,
     "extract": _cmd_extract,
     "match": _cmd_match,
+    "orient": _cmd_orient,
     "map": _cmd_map,
     "export": _cmd_export,
     "eval": _cmd_eval,
@@ -386,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (`reconstruct config | head`): stop quietly, as cat does. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ReconstructError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -24,20 +24,37 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, *, hashed: bool = True) -> Any:
+def option(
+    default: Any, help: str, *, hashed: bool = True, used_when: tuple[str, ...] | None = None
+) -> Any:
     """Declare a config field with its default and a one-line help text.
 
     `hashed=False` marks fields that do not change results (device, workers, progress), so
-    changing them never invalidates files on disk.
+    changing them never invalidates files on disk. `used_when=("extractor", "sift")` marks a
+    backend setting: it is hashed only while the sibling field ``extractor`` is one of the
+    listed values.
     """
-    return dataclasses.field(default=default, metadata={"help": help, "hashed": hashed})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "hashed": hashed, "used_when": used_when}
+    )
+
+
+def backend_settings(factory: Any, field: str, *values: str) -> Any:
+    """A nested settings dataclass (e.g. ``patch``) used only while `field` is one of `values`;
+    it is left out of the config hash otherwise."""
+    return dataclasses.field(default_factory=factory, metadata={"used_when": (field, *values)})
+
+
+def _in_use(config: Any, f: dataclasses.Field) -> bool:
+    used_when = f.metadata.get("used_when")
+    return used_when is None or getattr(config, used_when[0]) in used_when[1:]
 
 
 def to_dict(config: Any, *, hashed_only: bool = False) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
-        if hashed_only and not f.metadata.get("hashed", True):
+        if hashed_only and not (f.metadata.get("hashed", True) and _in_use(config, f)):
             continue
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
@@ -51,7 +68,8 @@ def to_dict(config: Any, *, hashed_only: bool = False) -> dict[str, Any]:
 
 
 def config_hash(config: Any, **extra: Any) -> str:
-    """A short, stable hash of the fields of `config` that change results (plus `extra`)."""
+    """A short, stable hash of the fields of `config` that change results (plus `extra`);
+    settings of backends that are not selected are left out."""
     payload = {"config": to_dict(config, hashed_only=True), **extra}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -185,11 +203,32 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return nested
 
 
+PRESETS_DIR = Path(__file__).parent / "configs"
+"""YAML presets shipped inside the package (`--config fast`)."""
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(value: str | Path) -> Path:
+    """`value` as given when it is a file or has a suffix, else the shipped preset of that name
+    (so `--config fast` works from any folder)."""
+    path = Path(value)
+    if path.is_file() or path.suffix:
+        return path
+    preset = PRESETS_DIR / f"{value}.yaml"
+    return preset if preset.is_file() else path
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file (a mapping of stage names to overrides)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; presets live in configs/*.yaml")
+        raise ConfigError(
+            f"config file {path} does not exist; shipped presets: {', '.join(preset_names())}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -54,3 +54,37 @@ class MappingError(ReconstructError):
     """Structure-from-motion could not build a model from the matches."""
 
     exit_code = 6
+
+
+class ExecutorError(ReconstructError):
+    """A distributed executor cannot start, or its workers failed beyond their retries."""
+
+    exit_code = 7
+
+
+class MissingExtraError(ExecutorError):
+    """An optional dependency (a pip extra such as `distributed`) is not installed."""
+
+
+class OutputLockedError(StorageError):
+    """Another process holds the lock of the output folder (one writer per folder)."""
+
+    exit_code = 8
+
+
+class DiskFullError(StorageError):
+    """The output folder's filesystem has no space left (ENOSPC, EDQUOT)."""
+
+    exit_code = 9
+
+
+class OutputPermissionError(StorageError):
+    """The output folder cannot be written (EACCES, EPERM, EROFS)."""
+
+    exit_code = 10
+
+
+class OutputNotADirectoryError(StorageError):
+    """The output path, or one of its parents, is a file and not a folder."""
+
+    exit_code = 11

@@ -47,11 +47,13 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from . import paths
 from .errors import ConfigError, InputError
 from .gt import CameraPose
 
@@ -681,3 +683,26 @@ def _json_ready(value: Any, *, strict: bool = False, where: str = "") -> Any:
             "only numbers, strings, booleans, lists and dicts can go into the metrics JSON"
         )
     return value
+
+
+def load_ground_truth(gt_path: Path) -> dict[str, CameraPose]:
+    """Known cameras from a text file (gt format) or a COLMAP model folder."""
+    from .export import read_poses
+    from .gt import read_cameras_txt
+
+    gt_path = Path(gt_path)
+    if gt_path.is_dir():
+        return read_poses(gt_path)
+    return read_cameras_txt(gt_path)
+
+
+def evaluate_reconstruction(model_path: Path, gt_path: Path) -> PoseMetrics:
+    """Compare every model below `model_path` (a sparse folder, a model folder, or an output
+    folder of `reconstruct run`) with the ground truth."""
+    from .export import model_dirs, model_statistics, read_all_poses
+
+    model_path = Path(model_path)
+    if (model_path / paths.SPARSE).is_dir():
+        model_path = model_path / paths.SPARSE
+    stats = model_statistics(model_dirs(model_path)[0])
+    return evaluate(load_ground_truth(gt_path), read_all_poses(model_path), model_statistics=stats)

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .config import option
 from .errors import MappingError, StorageError
 from .gt import CameraPose
 from .storage import make_public
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAME = "model"
-PLY_NAME = "points.ply"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +37,7 @@ def _load(model_dir: Path):
     import pycolmap
 
     model_dir = Path(model_dir)
-    if not (model_dir / "images.bin").is_file() and not (model_dir / "images.txt").is_file():
+    if not paths.is_model_dir(model_dir):
         raise StorageError(f"{model_dir} holds no COLMAP model (images.bin or images.txt)")
     return pycolmap.Reconstruction(str(model_dir))
 
@@ -47,7 +45,7 @@ def _load(model_dir: Path):
 def model_dirs(sparse_dir: Path) -> list[Path]:
     """Model folders of a sparse folder written by run_mapping, largest first."""
     sparse_dir = Path(sparse_dir)
-    if (sparse_dir / "images.bin").is_file() or (sparse_dir / "images.txt").is_file():
+    if paths.is_model_dir(sparse_dir):
         return [sparse_dir]
     dirs = sorted(
         (d for d in sparse_dir.iterdir() if d.is_dir() and d.name.isdigit()),
@@ -112,33 +110,35 @@ def export_model(sparse_dir: Path, output_dir: Path, config: ExportConfig = Expo
         raise MappingError(f"no model to export in {sparse_dir}")
     rec = _load(dirs[0])
     output_dir = Path(output_dir)
-    model_dir = output_dir / MODEL_NAME
+    model_dir = output_dir / paths.MODEL
     tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".model."))
     try:
         rec.write_binary(str(tmp))
         if config.text:
             rec.write_text(str(tmp))
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
         make_public(tmp)
-        os.replace(tmp, model_dir)
+        paths.replace_dir(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    kept = write_ply(rec, output_dir / PLY_NAME, config)
+    kept = write_ply(rec, output_dir / paths.PLY, config)
     logger.info(
         "Exported model with %d images and %d points to %s; %d points in %s",
         rec.num_reg_images(),
         rec.num_points3D(),
         model_dir,
         kept,
-        output_dir / PLY_NAME,
+        output_dir / paths.PLY,
     )
     return model_dir
 
 
 def write_ply(rec, path: Path, config: ExportConfig) -> int:
-    """Coloured PLY of the points passing the track-length and error filters (atomic)."""
+    """Coloured PLY of the points passing the track-length and error filters (atomic); returns
+    how many points it holds. `rec` itself is left unchanged (the filter works on a copy)."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(rec)
     for pid in list(rec.points3D.keys()):
         p = rec.points3D[pid]
         if p.track.length() < config.min_track_length or p.error > config.max_reprojection_error:

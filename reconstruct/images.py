@@ -60,6 +60,20 @@ def list_images(image_dir: Path) -> list[str]:
     return names
 
 
+def check_any_readable(image_dir: Path, names: list[str]) -> None:
+    """Raise InputError unless at least one of `names` decodes; stops at the first that does,
+    so a usable folder costs one decode. Run before any stage writes files."""
+    reasons = []
+    for name in names:
+        try:
+            read_image(Path(image_dir) / name, grayscale=True)
+            return
+        except ImageReadError as e:
+            reasons.append(str(e))
+    shown = "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
+    raise InputError(f"none of the {len(names)} images in {image_dir} can be read: {shown}")
+
+
 def _check_jpeg_complete(path: Path, data: bytes) -> None:
     # OpenCV decodes a truncated JPEG into a partly grey image with only a stderr warning, so
     # we check for the end-of-image marker ourselves (trailing bytes after it are allowed).
@@ -122,14 +136,14 @@ def prefetch(
         for it in items:
             try:
                 yield it, fn(it)
-            except Exception as e:  # noqa: BLE001 - handed to the caller
+            except Exception as e:  # handed to the caller
                 yield it, e
         return
 
     def safe(it: T) -> R | BaseException:
         try:
             return fn(it)
-        except Exception as e:  # noqa: BLE001 - handed to the caller
+        except Exception as e:  # handed to the caller
             return e
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -19,12 +19,13 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from .config import config_hash, option, to_dict
+from .config import backend_settings, config_hash, option, to_dict
 from .errors import ConfigError, ImageReadError
+from .executors import batched
 from .images import list_images, prefetch, read_image, resize_long_side
 from .masks import filter_by_mask, load_mask
 from .models.patch_matcher import PatchFeaturesConfig
-from .storage import FEATURES_SCHEMA, Header, ResultWriter
+from .storage import FEATURES_SCHEMA, Header, ResultWriter, image_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -41,22 +42,30 @@ class KeypointsConfig:
         "(DINOv2 patch centres, matched by matching.matcher=dinov2_patch)",
     )
     model: Literal["n16", "n16rot", "n32", "t16"] = option(
-        "n16", "ALIKED variant; n16rot is trained for rotation robustness"
+        "n16",
+        "ALIKED variant; n16rot is trained for rotation robustness",
+        used_when=("extractor", "aliked"),
     )
     max_keypoints: int = option(1024, "keep at most this many keypoints per image (best first)")
     detection_threshold: float = option(
-        0.0, "ALIKED score threshold; 0 keeps exactly max_keypoints (the top-scoring ones)"
+        0.0,
+        "ALIKED score threshold; 0 keeps exactly max_keypoints (the top-scoring ones)",
+        used_when=("extractor", "aliked"),
     )
-    nms_radius: int = option(2, "ALIKED non-maximum suppression radius, pixels")
+    nms_radius: int = option(
+        2, "ALIKED non-maximum suppression radius, pixels", used_when=("extractor", "aliked")
+    )
     resize: int | None = option(
         1024, "downscale so the long side is at most this many pixels (None: full size)"
     )
-    sift_contrast_threshold: float = option(0.02, "OpenCV SIFT contrastThreshold")
+    sift_contrast_threshold: float = option(
+        0.02, "OpenCV SIFT contrastThreshold", used_when=("extractor", "sift")
+    )
     mask_dir: Path | None = option(
         None, "masks named like the images plus .png (COLMAP); keypoints on zero pixels dropped"
     )
     workers: int = option(1, "background threads decoding images", hashed=False)
-    patch: PatchFeaturesConfig = dataclasses.field(default_factory=PatchFeaturesConfig)
+    patch: PatchFeaturesConfig = backend_settings(PatchFeaturesConfig, "extractor", "dinov2_patch")
 
     def __post_init__(self) -> None:
         if self.max_keypoints <= 0:
@@ -90,6 +99,28 @@ def unrotate_keypoints(xy: np.ndarray, k: int, width: int, height: int) -> np.nd
     else:  # CW: (u, v) lands at (height - v, u)
         out = np.stack([y, height - x], 1)
     return out.astype(np.float32)
+
+
+def rotate_keypoints(xy: np.ndarray, k: int, width: int, height: int) -> np.ndarray:
+    """The inverse of `unrotate_keypoints`: keypoints of `image` (size (width, height)) in the
+    frame of `rotate_image(image, k)`."""
+    x, y = xy[:, 0], xy[:, 1]
+    out = [np.stack([x, y], 1), np.stack([y, width - x], 1)]
+    out += [np.stack([width - x, height - y], 1), np.stack([height - y, x], 1)]
+    return out[k % 4].astype(np.float32)
+
+
+def turned_features(feats, k: int):
+    """`storage.Features` as the detector saw them on the image turned by k quarters: keypoints
+    in the turned frame (so a geometry-aware matcher sees them consistent with the descriptors)
+    and the turned image size. Indices are unchanged."""
+    if k % 4 == 0:
+        return feats
+    w, h = feats.image_size
+    size = (h, w) if k % 2 else (w, h)
+    return dataclasses.replace(
+        feats, keypoints=rotate_keypoints(feats.keypoints, k, w, h), image_size=size
+    )
 
 
 # ----------------------------------------------------------------------------- extractors
@@ -208,12 +239,15 @@ def extract_keypoints(
     overwrite: bool = False,
     image_names: list[str] | None = None,
     rotations: dict[str, int] | None = None,
+    executor=None,
 ) -> Path:
     """Extract local features of every image in `image_dir` into `output_dir/features.h5`.
 
     Resumes from a previous (possibly interrupted) run with the same config; refuses a file
     written with another config unless `overwrite`. `rotations` optionally gives, per image,
-    the number of 90-degree CCW turns that make it upright for the detector.
+    the number of 90-degree CCW turns that make it upright for the detector. `executor` (from
+    `executors.make_executor`; None: in this process) says where the images are processed; the
+    file is the same either way.
     """
     from .device import resolve_device
 
@@ -228,38 +262,51 @@ def extract_keypoints(
         weights["weights_sha256"] = resolve_patch_weights(config.patch)[1]
     header = Header(FEATURES_SCHEMA, {**to_dict(config), **weights}, config_hash(config, **weights))
     with ResultWriter(path, header, overwrite=overwrite) as writer:
-        todo = [n for n in names if not _is_current(writer.attrs((n,)), rotations.get(n, 0))]
+        prints = {n: image_fingerprint(image_dir / n) for n in names}
+        todo = [
+            n
+            for n in names
+            if not _is_current(writer.attrs((n,)), rotations.get(n, 0), prints[n])
+        ]
+        _log_changes(writer, names, prints, path)
         if not todo:
             logger.info("All %d images already have features in %s", len(names), path)
             return path
         start = time.perf_counter()
-        torch_device = resolve_device(device)
-        extractor = build_extractor(config, torch_device)
-        logger.info(
-            "Extracting %s features of %d images (%d already done) on %s",
-            config.extractor,
-            len(todo),
-            len(names) - len(todo),
-            torch_device,
-        )
         failed = 0
-        results = prefetch(lambda n: read_image(image_dir / n), todo, workers=config.workers)
-        for name, image in tqdm(results, total=len(todo), desc="keypoints", unit="img"):
-            if isinstance(image, ImageReadError):
-                logger.warning("Skipping %s: %s", name, image.reason)
-                writer.add(
-                    (name,), _empty_features(), {"error": image.reason, "image_size": (0, 0)}
-                )
-                failed += 1
-                continue
-            if isinstance(image, BaseException):
-                raise image
-            h, w = image.shape[:2]
-            k = rotations.get(name, 0) % 4
-            feats = extract_image(extractor, image, config.resize, k)
-            if config.mask_dir is not None:
-                feats = filter_by_mask(feats, load_mask(config.mask_dir, name, image.shape))
-            writer.add((name,), feats, {"image_size": (w, h), "rotation": k})
+        if executor is not None and executor.kind != "local":
+            logger.info(
+                "Extracting %s features of %d images (%d already done) on %d %s workers",
+                config.extractor,
+                len(todo),
+                len(names) - len(todo),
+                executor.num_workers,
+                executor.kind,
+            )
+            jobs = [(n, rotations.get(n, 0) % 4) for n in todo]
+            batches = ((len(b), b) for b in batched(jobs, executor.extract_batch))
+            with tqdm(total=len(todo), desc="keypoints", unit="img") as bar:
+                for results in executor.map(
+                    ExtractWorker, (config, device, image_dir), batches, progress=bar
+                ):
+                    for name, feats, attrs in results:
+                        failed += _store_features(writer, name, feats, attrs, prints[name])
+        else:
+            torch_device = resolve_device(device)
+            extractor = build_extractor(config, torch_device)
+            logger.info(
+                "Extracting %s features of %d images (%d already done) on %s",
+                config.extractor,
+                len(todo),
+                len(names) - len(todo),
+                torch_device,
+            )
+            results = prefetch(lambda n: read_image(image_dir / n), todo, workers=config.workers)
+            for name, image in tqdm(results, total=len(todo), desc="keypoints", unit="img"):
+                if isinstance(image, BaseException) and not isinstance(image, ImageReadError):
+                    raise image
+                feats, attrs = extract_item(extractor, config, name, image, rotations.get(name, 0))
+                failed += _store_features(writer, name, feats, attrs, prints[name])
         logger.info(
             "Extracted features of %d images in %.1f s (%d unreadable)",
             len(todo) - failed,
@@ -269,11 +316,80 @@ def extract_keypoints(
     return path
 
 
-def _is_current(attrs: dict | None, rotation: int) -> bool:
-    """Whether a stored image was extracted as now requested (unreadable ones stay done)."""
+def extract_item(
+    extractor, config: KeypointsConfig, name: str, image, rotation: int = 0
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Features and attributes of one image as stored, or of its read error (`ImageReadError`).
+
+    The one per-item computation of this stage: the local loop and the Ray workers both call it.
+    """
+    if isinstance(image, ImageReadError):
+        return _empty_features(), {"error": image.reason, "image_size": (0, 0)}
+    h, w = image.shape[:2]
+    k = rotation % 4
+    feats = extract_image(extractor, image, config.resize, k)
+    if config.mask_dir is not None:
+        feats = filter_by_mask(feats, load_mask(config.mask_dir, name, image.shape))
+    return feats, {"image_size": (w, h), "rotation": k}
+
+
+class ExtractWorker:
+    """Extraction on a Ray actor: loads the extractor once, then takes batches of images."""
+
+    def __init__(self, config: KeypointsConfig, device: str, image_dir: Path) -> None:
+        from .device import resolve_device
+
+        self.config, self.image_dir = config, Path(image_dir)
+        self.extractor = build_extractor(config, resolve_device(device))
+
+    def process(self, batch: list[tuple[str, int]]) -> list[tuple[str, dict, dict]]:
+        """(name, features, attributes) of each (name, rotation) of `batch`, in order."""
+        out = []
+        for name, rotation in batch:
+            try:
+                image = read_image(self.image_dir / name)
+            except ImageReadError as e:
+                image = e
+            out.append((name, *extract_item(self.extractor, self.config, name, image, rotation)))
+        return out
+
+
+def _store_features(
+    writer: ResultWriter, name: str, feats: dict, attrs: dict, fingerprint: str = ""
+) -> int:
+    """Write one image's result; 1 if it was unreadable (and logged), else 0."""
+    if "error" in attrs:
+        logger.warning("Skipping %s: %s", name, attrs["error"])
+    writer.add((name,), feats, {**attrs, "fingerprint": fingerprint})
+    return int("error" in attrs)
+
+
+def _is_current(attrs: dict | None, rotation: int, fingerprint: str | None = None) -> bool:
+    """Whether a stored image was extracted as now requested from the same file content
+    (`fingerprint`, see `storage.image_fingerprint`; unreadable ones stay done until changed)."""
     if attrs is None:
         return False
+    if fingerprint is not None and str(attrs.get("fingerprint", "")) != fingerprint:
+        return False
     return "error" in attrs or int(attrs.get("rotation", 0)) == rotation % 4
+
+
+def _log_changes(writer: ResultWriter, names: list[str], prints: dict[str, str], path) -> None:
+    """Log the images added, replaced and removed since the features in `path` were written."""
+    stored = {n for (n,) in writer.done}
+    added = [n for n in names if n not in stored]
+    changed = [
+        n
+        for n in names
+        if n in stored and str((writer.attrs((n,)) or {}).get("fingerprint", "")) != prints[n]
+    ]
+    removed = sorted(stored - set(names))
+    if not stored:
+        return
+    for what, items in (("new", added), ("changed", changed), ("removed", removed)):
+        if items:
+            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+            logger.info("%d %s images since %s was written: %s", len(items), what, path, shown)
 
 
 def _empty_features() -> dict[str, np.ndarray]:

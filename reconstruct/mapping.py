@@ -23,6 +23,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
+from . import paths
 from .config import option
 from .errors import ConfigError, MappingError
 from .gt import read_cameras_txt
@@ -30,12 +31,9 @@ from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_publ
 
 logger = logging.getLogger(__name__)
 
-SPARSE_NAME = "sparse"
 PP_MIN_IMAGES_PER_CAMERA = 5
 """A principal point is only well constrained by several images; measured on Herz-Jesu-P8
 (one camera, 8 images): AUC@5 0.942 with a fixed, 0.972 with a refined principal point."""
-DATABASE_NAME = "database.db"
-COLMAP_LOG_NAME = "colmap.log"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,18 +69,6 @@ class MappingConfig:
     def __post_init__(self) -> None:
         if self.min_matches < 0 or self.min_inliers < 0:
             raise ValueError("min_matches and min_inliers must be non-negative")
-
-
-@dataclass(frozen=True)
-class MappingResult:
-    """What the mapping stage produced (names only; no COLMAP ids)."""
-
-    sparse_dir: Path
-    num_models: int
-    num_images: int
-    registered: list[str]
-    pairs_used: int
-    pairs_verified: int
 
 
 @contextlib.contextmanager
@@ -309,6 +295,63 @@ def _global_options(pycolmap, config: MappingConfig, known: bool, refine_pp: boo
     return opts
 
 
+def run_mapper(
+    database_path: Path,
+    image_dir: Path,
+    raw_dir: Path,
+    config: MappingConfig,
+    known_intrinsics: bool,
+    refine_pp: bool,
+    num_images: int,
+) -> list:
+    """Run COLMAP's incremental or global mapper on a verified database; returns the models
+    (pycolmap.Reconstruction), largest first."""
+    import pycolmap
+
+    if config.mapper == "incremental":
+        opts = _incremental_options(pycolmap, config, known_intrinsics, refine_pp)
+        bar = tqdm(total=num_images, desc="mapping", unit="img")
+
+        def on_init() -> None:
+            bar.update(2)
+
+        def on_next() -> None:
+            bar.update(1)
+
+        try:
+            models = pycolmap.incremental_mapping(
+                str(database_path),
+                str(image_dir),
+                str(raw_dir),
+                options=opts,
+                initial_image_pair_callback=on_init,
+                next_image_callback=on_next,
+            )
+        finally:
+            bar.close()
+    else:
+        opts = _global_options(pycolmap, config, known_intrinsics, refine_pp)
+        models = pycolmap.global_mapping(
+            str(database_path), str(image_dir), str(raw_dir), options=opts
+        )
+    return sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
+
+
+def write_models(models: list, sparse_dir: Path, summary: dict) -> None:
+    """Write each model to ``sparse_dir/<i>`` and `summary` plus per-model counts to
+    ``sparse_dir/mapping.json``; removes the mapper's ``raw`` folder."""
+    for i, rec in enumerate(models):
+        d = sparse_dir / str(i)
+        d.mkdir()
+        rec.write(str(d))
+    shutil.rmtree(sparse_dir / "raw", ignore_errors=True)
+    counts = [
+        {"index": i, "registered": r.num_reg_images(), "points": r.num_points3D()}
+        for i, r in enumerate(models)
+    ]
+    atomic_write_json(sparse_dir / paths.MAPPING_SUMMARY, {**summary, "models": counts})
+
+
 def run_mapping(
     image_dir: Path,
     features_path: Path,
@@ -325,9 +368,9 @@ def run_mapping(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    log_path = output_dir / COLMAP_LOG_NAME
-    database_path = output_dir / DATABASE_NAME
-    sparse_dir = output_dir / SPARSE_NAME
+    log_path = output_dir / paths.COLMAP_LOG
+    database_path = output_dir / paths.DATABASE
+    sparse_dir = output_dir / paths.SPARSE
     start = time.perf_counter()
     selected = None
     if pairs_path is not None:
@@ -357,68 +400,25 @@ def run_mapping(
     known = bool(config.intrinsics)
     try:
         with redirect_native_output(log_path):
-            if config.mapper == "incremental":
-                opts = _incremental_options(pycolmap, config, known, refine_pp)
-                bar = tqdm(total=len(names), desc="mapping", unit="img")
-
-                def on_init() -> None:
-                    bar.update(2)
-
-                def on_next() -> None:
-                    bar.update(1)
-
-                try:
-                    models = pycolmap.incremental_mapping(
-                        str(database_path),
-                        str(image_dir),
-                        str(tmp_dir / "raw"),
-                        options=opts,
-                        initial_image_pair_callback=on_init,
-                        next_image_callback=on_next,
-                    )
-                finally:
-                    bar.close()
-            else:
-                opts = _global_options(pycolmap, config, known, refine_pp)
-                models = pycolmap.global_mapping(
-                    str(database_path), str(image_dir), str(tmp_dir / "raw"), options=opts
-                )
-        models = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
+            models = run_mapper(
+                database_path, image_dir, tmp_dir / "raw", config, known, refine_pp, len(names)
+            )
         if not models:
             raise MappingError(
                 f"COLMAP could not build any model: {len(names)} images, {num_pairs} matched "
                 f"pairs, {num_verified} verified pairs, min_model_size={config.min_model_size}. "
                 f"See {log_path}. Try more keypoints, more pairs, or known intrinsics."
             )
-        registered: list[str] = []
-        for i, rec in enumerate(models):
-            d = tmp_dir / str(i)
-            d.mkdir()
-            rec.write(str(d))
-            registered += [img.name for img in rec.images.values() if img.has_pose]
-        shutil.rmtree(tmp_dir / "raw", ignore_errors=True)
-        atomic_write_json(
-            tmp_dir / "mapping.json",
-            {
-                "num_images": len(names),
-                "pairs_used": num_pairs,
-                "pairs_verified": num_verified,
-                "refine_principal_point": refine_pp,
-                "models": [
-                    {"index": i, "registered": r.num_reg_images(), "points": r.num_points3D()}
-                    for i, r in enumerate(models)
-                ],
-                "seconds": time.perf_counter() - start,
-            },
-        )
+        summary = {
+            "num_images": len(names),
+            "pairs_used": num_pairs,
+            "pairs_verified": num_verified,
+            "refine_principal_point": refine_pp,
+            "seconds": time.perf_counter() - start,
+        }
+        write_models(models, tmp_dir, summary)
         make_public(tmp_dir)
-        if sparse_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=output_dir, prefix=".sparse.old."))
-            os.replace(sparse_dir, old / SPARSE_NAME)
-            os.replace(tmp_dir, sparse_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, sparse_dir)
+        paths.replace_dir(tmp_dir, sparse_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -431,14 +431,6 @@ def run_mapping(
         time.perf_counter() - start,
     )
     return sparse_dir
-
-
-def registered_counts(sparse_dir: Path) -> list[int]:
-    """Registered images per model in a sparse folder written by run_mapping."""
-    import json
-
-    info = json.loads((Path(sparse_dir) / "mapping.json").read_text())
-    return [m["registered"] for m in info["models"]]
 
 
 def run_colmap_sift(
@@ -460,9 +452,9 @@ def run_colmap_sift(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    database_path = output_dir / DATABASE_NAME
+    database_path = output_dir / paths.DATABASE
     database_path.unlink(missing_ok=True)
-    log_path = output_dir / COLMAP_LOG_NAME
+    log_path = output_dir / paths.COLMAP_LOG
     timings: dict[str, float] = {}
     reader = pycolmap.ImageReaderOptions()
     camera_mode = pycolmap.CameraMode.AUTO
@@ -500,7 +492,7 @@ def run_colmap_sift(
             str(database_path), str(image_dir), str(raw), options=opts
         )
         timings["mapping"] = time.perf_counter() - t0
-    sparse_dir = output_dir / SPARSE_NAME
+    sparse_dir = output_dir / paths.SPARSE
     shutil.rmtree(sparse_dir, ignore_errors=True)
     sparse_dir.mkdir()
     ordered = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)

@@ -9,7 +9,6 @@ a mapping setting, so it can change without re-matching.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import time
@@ -21,8 +20,10 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from .config import config_hash, option, to_dict
+from .config import backend_settings, config_hash, option, to_dict
 from .errors import ConfigError
+from .executors import batched
+from .keypoints import turned_features
 from .models.patch_matcher import PatchMatchingConfig
 from .storage import (
     FEATURES_SCHEMA,
@@ -51,16 +52,28 @@ class MatchingConfig:
         "(DINOv2 patch features; settings matching.patch.*)",
     )
     depth_confidence: float = option(
-        0.95, "LightGlue early stopping confidence (adaptive depth); -1 disables"
+        0.95,
+        "LightGlue early stopping confidence (adaptive depth); -1 disables",
+        used_when=("matcher", "lightglue"),
     )
     width_confidence: float = option(
-        0.99, "LightGlue point pruning confidence (adaptive width); -1 disables"
+        0.99,
+        "LightGlue point pruning confidence (adaptive width); -1 disables",
+        used_when=("matcher", "lightglue"),
     )
-    filter_threshold: float = option(0.1, "LightGlue match confidence threshold")
-    mnn_ratio: float = option(0.8, "mnn: Lowe ratio test threshold (1 disables)")
-    mixed_precision: bool = option(True, "LightGlue in float16 autocast on CUDA (CPU: ignored)")
+    filter_threshold: float = option(
+        0.1, "LightGlue match confidence threshold", used_when=("matcher", "lightglue")
+    )
+    mnn_ratio: float = option(
+        0.8, "mnn: Lowe ratio test threshold (1 disables)", used_when=("matcher", "mnn")
+    )
+    mixed_precision: bool = option(
+        True,
+        "LightGlue in float16 autocast on CUDA (CPU: ignored)",
+        used_when=("matcher", "lightglue"),
+    )
     cache_size: int = option(128, "features of this many images kept in memory", hashed=False)
-    patch: PatchMatchingConfig = dataclasses.field(default_factory=PatchMatchingConfig)
+    patch: PatchMatchingConfig = backend_settings(PatchMatchingConfig, "matcher", "dinov2_patch")
 
     def __post_init__(self) -> None:
         if not 0 < self.mnn_ratio <= 1:
@@ -187,11 +200,44 @@ class _FeatureCache:
         if name in self.items:
             self.items.move_to_end(name)
             return self.items[name]
-        value = self.convert(self.reader.read(name))
+        # Turned images (orientation stage) are matched in the frame they were extracted in.
+        turn = int(self.reader.attrs(name).get("rotation", 0))
+        value = self.convert(turned_features(self.reader.read(name), turn))
         self.items[name] = value
         if len(self.items) > self.size:
             self.items.popitem(last=False)
         return value
+
+
+def match_item(matcher, get, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Matches and scores of one pair, `get(name)` giving the matcher's input of an image.
+
+    The one per-item computation of this stage: the local loop and the Ray workers both call it.
+    """
+    return matcher(get(name0), get(name1))
+
+
+class MatchWorker:
+    """Matching on a Ray actor: loads the matcher once, then takes batches of pairs."""
+
+    def __init__(self, config: MatchingConfig, extractor: str, device: str) -> None:
+        from .device import resolve_device
+
+        self.matcher = build_matcher(config, extractor, resolve_device(device))
+
+    def process(
+        self, payload: tuple[list[tuple[str, str]], dict[str, Features]]
+    ) -> list[tuple[tuple[str, str], np.ndarray, np.ndarray]]:
+        """((name0, name1), matches, scores) of each pair of the batch, in order."""
+        pairs, feats = payload
+        inputs: dict[str, dict] = {}
+
+        def get(name: str) -> dict:
+            if name not in inputs:
+                inputs[name] = self.matcher.to_input(feats[name])
+            return inputs[name]
+
+        return [((a, b), *match_item(self.matcher, get, a, b)) for a, b in pairs]
 
 
 def match_pairs(
@@ -202,8 +248,14 @@ def match_pairs(
     *,
     device: str = "auto",
     overwrite: bool = False,
+    executor=None,
 ) -> Path:
-    """Match every pair of `pairs_path` into `output_dir/matches.h5` and return its path."""
+    """Match every pair of `pairs_path` into `output_dir/matches.h5` and return its path.
+
+    `executor` (from `executors.make_executor`; None: in this process) says where the pairs are
+    matched; the driver reads the features, sends them with each batch and writes the results,
+    so the file is the same either way.
+    """
     from .device import resolve_device
 
     features_header = read_header(features_path, FEATURES_SCHEMA)
@@ -245,6 +297,9 @@ def match_pairs(
                     ", ".join(skipped_failed[:5]),
                 )
         turns = {n: int(reader.attrs(n).get("rotation", 0)) for n in available}
+        # The image fingerprint each features item was extracted from (keypoints.py): a pair
+        # whose image was re-extracted since it was matched is matched again.
+        prints = {n: str(reader.attrs(n).get("fingerprint", "")) for n in available}
 
         def current(pair: tuple[str, str]) -> bool:
             # A pair is done only if it was matched with the features each image has now.
@@ -252,16 +307,15 @@ def match_pairs(
             return attrs is not None and (
                 int(attrs.get("rotation0", 0)),
                 int(attrs.get("rotation1", 0)),
-            ) == (turns[pair[0]], turns[pair[1]])
+                str(attrs.get("fingerprint0", "")),
+                str(attrs.get("fingerprint1", "")),
+            ) == (turns[pair[0]], turns[pair[1]], prints[pair[0]], prints[pair[1]])
 
         with ResultWriter(path, header, overwrite=overwrite) as writer:
             todo = [p for p in pairs if not current(p)]
             if not todo:
                 logger.info("All %d pairs already matched in %s", len(pairs), path)
                 return path
-            torch_device = resolve_device(device)
-            matcher = build_matcher(config, extractor, torch_device)
-            cache = _FeatureCache(reader, matcher.to_input, config.cache_size)
             logger.info(
                 "Matching %d pairs with %s (%d already done)",
                 len(todo),
@@ -270,14 +324,41 @@ def match_pairs(
             )
             start = time.perf_counter()
             total = 0
-            for a, b in tqdm(todo, desc="matching", unit="pair"):
-                matches, scores = matcher(cache.get(a), cache.get(b))
+
+            def store(a: str, b: str, matches: np.ndarray, scores: np.ndarray) -> int:
                 writer.add(
                     (a, b),
                     {"matches": matches, "scores": scores},
-                    {"rotation0": turns[a], "rotation1": turns[b]},
+                    {
+                        "rotation0": turns[a],
+                        "rotation1": turns[b],
+                        "fingerprint0": prints[a],
+                        "fingerprint1": prints[b],
+                    },
                 )
-                total += len(matches)
+                return len(matches)
+
+            if executor is not None and executor.kind != "local":
+                # The driver reads the features (one small LRU cache) and ships them with each
+                # batch, so workers need no access to features.h5.
+                raw = _FeatureCache(reader, lambda f: f, config.cache_size)
+
+                def payloads():
+                    for chunk in batched(todo, executor.match_batch):
+                        names = sorted({n for pair in chunk for n in pair})
+                        yield len(chunk), (chunk, {n: raw.get(n) for n in names})
+
+                with tqdm(total=len(todo), desc="matching", unit="pair") as bar:
+                    for results in executor.map(
+                        MatchWorker, (config, extractor, device), payloads(), progress=bar
+                    ):
+                        for (a, b), matches, scores in results:
+                            total += store(a, b, matches, scores)
+            else:
+                matcher = build_matcher(config, extractor, resolve_device(device))
+                cache = _FeatureCache(reader, matcher.to_input, config.cache_size)
+                for a, b in tqdm(todo, desc="matching", unit="pair"):
+                    total += store(a, b, *match_item(matcher, cache.get, a, b))
             elapsed = time.perf_counter() - start
             logger.info(
                 "Matched %d pairs in %.1f s (%.3f s/pair, %.0f matches/pair on average)",

@@ -17,8 +17,10 @@ Strategies (see docs/retrieval.md):
 * ``auto`` (default): exhaustive below `exhaustive_if_less` images, retrieval from there on.
 
 Every strategy other than ``exhaustive`` is exhaustive below `exhaustive_if_less` images, and
-then needs no model. Above it, missing DINOv2 weights are a ModelWeightsError that says how to
-get them; pairs are never silently degraded.
+then needs no model. Above it the global descriptor is `pairs.retrieval.model`: ``auto`` takes
+DINOv2 when its weights are on disk, else the local VLAD descriptor (one WARNING); an explicit
+``dinov2`` without weights is a ModelWeightsError with the fix, raised by :func:`check_models`
+before any extraction when the pipeline calls it.
 
 The selection rules are pure functions of a similarity matrix (numpy only, no torch), computed
 in row blocks from the descriptors so scenes of any size never hold the N x N matrix.
@@ -37,8 +39,9 @@ from typing import Literal
 
 import numpy as np
 
+from .aggregation import LocalDescriptorConfig
 from .config import config_hash, option, to_dict
-from .errors import InputError, StorageError
+from .errors import InputError, ModelWeightsError, StorageError
 from .images import list_images
 from .retrieval import RetrievalConfig
 from .storage import (
@@ -66,7 +69,7 @@ class PairsConfig:
     strategy: Literal["auto", "exhaustive", "retrieval", "sequential"] = option(
         "auto",
         "auto (exhaustive below exhaustive_if_less images, else retrieval), exhaustive, "
-        "retrieval (DINOv2 shortlist) or sequential (ordered frames)",
+        "retrieval (global-descriptor shortlist) or sequential (ordered frames)",
     )
     exhaustive_if_less: int = option(
         20, "scenes with fewer images get every pair (no model needed), whatever the strategy"
@@ -94,7 +97,7 @@ class PairsConfig:
     )
     window: int = option(10, "sequential: pair each frame with the next `window` frames")
     loop_closure: bool = option(
-        True, "sequential: add retrieval neighbours outside the window (needs DINOv2 weights)"
+        True, "sequential: add retrieval neighbours outside the window (pairs.retrieval.model)"
     )
     loop_top_k: int = option(5, "sequential: retrieval neighbours per frame for loop closure")
     extra_pairs: Path | None = option(
@@ -102,6 +105,10 @@ class PairsConfig:
     )
     retrieval: RetrievalConfig = option(
         RetrievalConfig(), "DINOv2 global descriptors (pairs.retrieval.*)"
+    )
+
+    local: LocalDescriptorConfig = option(
+        LocalDescriptorConfig(), "VLAD of the local features (pairs.retrieval.model=local)"
     )
 
     def __post_init__(self) -> None:
@@ -391,6 +398,73 @@ def _merge_extra_pairs(path: Path, index: dict[str, int], pairs: set[tuple[int, 
     }
 
 
+def needs_global_descriptors(config: PairsConfig, image_count: int) -> bool:
+    """Whether a selection over `image_count` images computes global descriptors."""
+    if config.strategy == "exhaustive" or image_count < config.exhaustive_if_less:
+        return False
+    return config.strategy in ("auto", "retrieval") or config.loop_closure
+
+
+def _dinov2_weights_present(config: RetrievalConfig) -> bool:
+    from .models import dinov2
+
+    if config.weights is not None:
+        return Path(config.weights).expanduser().is_file()
+    return dinov2.find_cached(dinov2.get_spec(config.backbone)) is not None
+
+
+_warned_auto = False
+
+
+def resolve_retrieval_model(config: PairsConfig, *, warn: bool = True) -> str:
+    """The global descriptor a run uses: ``dinov2`` or ``local`` (``auto`` checks presence of
+    the DINOv2 weights on disk only, never downloads; one WARNING when it falls back)."""
+    global _warned_auto
+    choice = config.retrieval.model
+    if choice != "auto":
+        return choice
+    if _dinov2_weights_present(config.retrieval):
+        return "dinov2"
+    if warn and not _warned_auto:
+        from .models import dinov2
+
+        _warned_auto = True
+        spec = dinov2.get_spec(config.retrieval.backbone)
+        logger.warning(
+            "pairs.retrieval.model=auto: using the local descriptor (VLAD of the local "
+            "features) because no DINOv2 %s weights are on disk (auto never downloads); to "
+            "use DINOv2, download %s into %s/ (`reconstruct weights list` shows the files) or "
+            "set pairs.retrieval.weights=PATH, or set pairs.retrieval.model=dinov2 to download",
+            config.retrieval.backbone,
+            spec.url,
+            dinov2.weights_dir(),
+        )
+    return "local"
+
+
+def check_models(config: PairsConfig, image_count: int) -> dict:
+    """Fail fast, before any extraction: raise ModelWeightsError if the pair selection of
+    `image_count` images will need DINOv2 weights that it cannot get. Returns
+    ``{"retrieval_model": "dinov2" | "local" | None, "weights": str | None}`` (None: no global
+    descriptor needed). An explicit ``dinov2`` resolves (and, if allowed, downloads) now."""
+    if not needs_global_descriptors(config, image_count):
+        return {"retrieval_model": None, "weights": None}
+    model = resolve_retrieval_model(config)
+    if model == "local":
+        return {"retrieval_model": "local", "weights": None}
+    from .models import dinov2
+
+    r = config.retrieval
+    try:
+        path = dinov2.resolve_weights(r.backbone, r.weights, download=r.download)
+    except ModelWeightsError as e:
+        raise ModelWeightsError(
+            f"{e}\n  - or use the descriptor that needs no download: "
+            "--set pairs.retrieval.model=local"
+        ) from e
+    return {"retrieval_model": "dinov2", "weights": str(path)}
+
+
 def select_pairs(
     image_dir: Path,
     output_dir: Path,
@@ -399,6 +473,7 @@ def select_pairs(
     device: str = "auto",
     overwrite: bool = False,
     image_names: list[str] | None = None,
+    features: Path | None = None,
 ) -> Path:
     """Write ``output_dir/pairs.txt`` (and ``pairs_report.json``, and ``global.h5`` when
     descriptors are needed) for the images in `image_dir`; return the pairs file's path."""
@@ -424,12 +499,24 @@ def select_pairs(
     needs_descriptors = strategy in ("auto", "retrieval") or (
         strategy == "sequential" and config.loop_closure
     )
+    retrieval_model: str | None = None
     if needs_descriptors:
+        retrieval_model = check_models(config, n)["retrieval_model"]
+    if retrieval_model == "local":
+        from .aggregation import compute_local_descriptors
+        from .paths import FEATURES
+
+        features_path = Path(features) if features is not None else output_dir / FEATURES
+        global_path, have, desc = compute_local_descriptors(
+            features_path, order, output_dir, config.local
+        )
+    elif retrieval_model == "dinov2":
         from .retrieval import compute_global_descriptors
 
         global_path, have, desc = compute_global_descriptors(
             image_dir, order, output_dir, config.retrieval, device=device, overwrite=overwrite
         )
+    if retrieval_model is not None:
         global_hash = read_header(global_path, GLOBAL_SCHEMA).config_hash
         have_set = set(have)
         unreadable = [nm for nm in order if nm not in have_set]
@@ -466,13 +553,19 @@ def select_pairs(
         "config_hash": config_hash(config),
         "num_images": n,
         "strategy_used": sel.strategy_used,
-        "score": "cosine similarity of DINOv2 descriptors" if cosine is not None else "none",
+        "score": f"cosine similarity of {retrieval_model} descriptors"
+        if cosine is not None
+        else "none",
+        "retrieval_model": retrieval_model,
     }
     if global_hash is not None:
         header["global_hash"] = global_hash
     write_pairs(path, named, scores=cosine.tolist() if cosine is not None else None, header=header)
 
     report = _report(names, order, named, sel, config, unreadable, global_path)
+    report["retrieval_model"] = retrieval_model
+    if retrieval_model == "local":
+        report["rules"]["backbone"] = None
     atomic_write_json(output_dir / REPORT_NAME, report)
     _log_report(report)
     return path

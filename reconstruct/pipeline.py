@@ -1,4 +1,4 @@
-"""Runs the stages in order: pairs -> keypoints -> matching -> mapping -> export.
+"""Runs the stages in order: keypoints -> pairs -> matching -> orientation -> mapping -> export.
 
 Each stage reads the files of the previous one and returns the path it wrote, so any stage can
 be re-run alone (see cli.py). `run_pipeline` adds timings and writes ``run.json``.
@@ -6,31 +6,31 @@ be re-run alone (see cli.py). `run_pipeline` adds timings and writes ``run.json`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, paths
 from .config import config_hash, load_yaml, merge, override, to_dict
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .export import ExportConfig, export_model, model_dirs, model_statistics
-from .images import list_images
+from .images import check_any_readable, list_images
 from .keypoints import KeypointsConfig, extract_keypoints
 from .mapping import MappingConfig, run_mapping
 from .matching import MatchingConfig, match_pairs
-from .orientation import ROTATIONS_NAME, OrientationConfig, estimate_rotations
+from .orientation import OrientationConfig, correct_orientation, read_rotations
 from .pairs import PairsConfig, select_pairs
 from .storage import FeaturesReader, MatchesReader, atomic_write_json, read_pairs
 
 logger = logging.getLogger(__name__)
-
-RUN_SUMMARY_NAME = "run.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +67,15 @@ def load_config(
             )
         keypoints = dataclasses.replace(config.keypoints, extractor="dinov2_patch")
         config = dataclasses.replace(config, keypoints=keypoints)
+    # LightGlue ships weights for ALIKED only: other features get the mutual-NN matcher unless
+    # the user chose a matcher.
+    if (
+        config.keypoints.extractor == "sift"
+        and config.matching.matcher == "lightglue"
+        and "matcher" not in updates.get("matching", {})
+    ):
+        matching = dataclasses.replace(config.matching, matcher="mnn")
+        config = dataclasses.replace(config, matching=matching)
     return config
 
 
@@ -115,8 +124,11 @@ class RunSummary:
                 f"Skipped {len(self.unreadable_images)} unreadable images: "
                 + ", ".join(list(self.unreadable_images)[:5])
             )
+        out = Path(self.output_dir)
         if self.model_dir:
-            lines.append(f"Model: {self.model_dir}")
+            lines.append(f"Model: {self.model_dir} (COLMAP .bin and .txt)")
+            lines.append(f"Points: {out / paths.PLY}")
+        lines.append(f"Summary: {out / paths.RUN_SUMMARY}")
         return "\n".join(lines)
 
 
@@ -125,6 +137,28 @@ def count_matches(matches_path: Path) -> tuple[int, int]:
     with MatchesReader(matches_path) as m:
         counts = m.counts()
     return len(counts), sum(counts.values())
+
+
+class _Timings(dict):
+    """Seconds per stage; `with timings.stage("name"):` adds the time of the block."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def previous_rotations(path: Path, config: OrientationConfig, overwrite: bool) -> dict[str, int]:
+    """Turns of an earlier run, so resuming extracts turned images turned straight away."""
+    if not config.enabled or overwrite or not path.is_file():
+        return {}
+    try:
+        return read_rotations(path)
+    except StorageError:
+        return {}
 
 
 def run_pipeline(
@@ -137,91 +171,38 @@ def run_pipeline(
 ) -> RunSummary:
     """Reconstruct `image_dir` into `output_dir` and return the run summary (also run.json)."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     start = time.perf_counter()
-
-    def timed(stage: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
-
     names = list_images(image_dir)
+    check_any_readable(image_dir, names)
     logger.info("Found %d images in %s", len(names), image_dir)
-    rotations_path = output_dir / ROTATIONS_NAME
-    rotations: dict[str, int] = {}
-    if config.orientation.enabled and rotations_path.is_file() and not overwrite:
-        rotations = json.loads(rotations_path.read_text()).get("rotations", {})
-
-    def extract(rot: dict[str, int], overwrite: bool) -> Path:
-        return timed(
-            "keypoints",
-            extract_keypoints,
-            image_dir,
-            output_dir,
-            config.keypoints,
-            device=device,
-            overwrite=overwrite,
-            image_names=names,
-            rotations=rot,
+    output_dir.mkdir(parents=True, exist_ok=True)
+    timings = _Timings()
+    k, run = config.keypoints, dict(device=device, overwrite=overwrite)
+    rotations_path = output_dir / paths.ROTATIONS
+    turns = previous_rotations(rotations_path, config.orientation, overwrite)
+    with timings.stage("keypoints"):
+        features = extract_keypoints(
+            image_dir, output_dir, k, image_names=names, rotations=turns, **run
         )
-
-    features_path = extract(rotations, overwrite)
-    with FeaturesReader(features_path) as f:
+    with FeaturesReader(features) as f:
         readable, unreadable = f.names(), f.failed()
-    pairs_path = timed(
-        "pairs",
-        select_pairs,
-        image_dir,
-        output_dir,
-        config.pairs,
-        device=device,
-        overwrite=overwrite,
-        image_names=readable,
-    )
-
-    def match(overwrite: bool) -> Path:
-        return timed(
-            "matching",
-            match_pairs,
-            pairs_path,
-            features_path,
-            output_dir,
-            config.matching,
-            device=device,
-            overwrite=overwrite,
-        )
-
-    matches_path = match(overwrite)
-    turned = rotations
-    if config.orientation.enabled:
-        turned = timed(
-            "orientation",
-            estimate_rotations,
+    with timings.stage("pairs"):
+        pairs = select_pairs(image_dir, output_dir, config.pairs, image_names=readable, **run)
+    with timings.stage("matching"):
+        matches = match_pairs(pairs, features, output_dir, config.matching, **run)
+    with timings.stage("orientation"):
+        rotations_path = correct_orientation(
             image_dir,
-            features_path,
-            matches_path,
+            features,
+            pairs,
+            matches,
             output_dir,
             config.orientation,
-            config.keypoints,
+            k,
             config.matching,
-            device=device,
+            **run,
         )
-        if turned != rotations:
-            # Only the turned images are extracted again, and only their pairs matched again.
-            extract(turned, False)
-            match(False)
-    num_pairs, num_matches = count_matches(matches_path)
-    counts: dict[str, Any] = {
-        "images": len(names),
-        "turned_images": len(turned),
-        "readable_images": len(readable),
-        "pairs": len(read_pairs(pairs_path)),
-        "matched_pairs": num_pairs,
-        "matches": num_matches,
-    }
+    num_pairs, num_matches = count_matches(matches)
     summary = RunSummary(
         image_dir=str(image_dir),
         output_dir=str(output_dir),
@@ -229,55 +210,31 @@ def run_pipeline(
         config_hash=config_hash(config),
         versions=versions(),
         timings=timings,
-        counts=counts,
+        counts={
+            "images": len(names),
+            "turned_images": len(read_rotations(rotations_path)),
+            "readable_images": len(readable),
+            "pairs": len(read_pairs(pairs)),
+            "matched_pairs": num_pairs,
+            "matches": num_matches,
+        },
         unreadable_images=unreadable,
         models=[],
         model_dir=None,
     )
     try:
-        sparse_dir = timed(
-            "mapping",
-            run_mapping,
-            image_dir,
-            features_path,
-            matches_path,
-            output_dir,
-            config.mapping,
-            pairs_path=pairs_path,
-        )
-        model_dir = timed("export", export_model, sparse_dir, output_dir, config.export)
-        summary.models = [model_statistics(d) for d in model_dirs(sparse_dir)]
+        with timings.stage("mapping"):
+            sparse = run_mapping(
+                image_dir, features, matches, output_dir, config.mapping, pairs_path=pairs
+            )
+        with timings.stage("export"):
+            model_dir = export_model(sparse, output_dir, config.export)
+        summary.models = [model_statistics(d) for d in model_dirs(sparse)]
         summary.model_dir = str(model_dir)
-        best = summary.models[0]
-        counts.update(best)
-        mapping_info = json.loads((sparse_dir / "mapping.json").read_text())
-        counts["verified_pairs"] = mapping_info["pairs_verified"]
+        summary.counts.update(summary.models[0])
+        mapping_info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
+        summary.counts["verified_pairs"] = mapping_info["pairs_verified"]
     finally:
         timings["total"] = round(time.perf_counter() - start, 3)
-        atomic_write_json(output_dir / RUN_SUMMARY_NAME, summary.to_dict())
+        atomic_write_json(output_dir / paths.RUN_SUMMARY, summary.to_dict())
     return summary
-
-
-def load_ground_truth(gt_path: Path):
-    """Known cameras from a text file (gt format) or a COLMAP model folder."""
-    from .export import read_poses
-    from .gt import read_cameras_txt
-
-    gt_path = Path(gt_path)
-    if gt_path.is_dir():
-        return read_poses(gt_path)
-    return read_cameras_txt(gt_path)
-
-
-def evaluate_reconstruction(model_path: Path, gt_path: Path):
-    """Compare every model below `model_path` (a sparse folder, a model folder, or an output
-    folder of `reconstruct run`) with the ground truth; returns evaluation.PoseMetrics."""
-    from .evaluation import evaluate
-    from .export import read_all_poses
-
-    model_path = Path(model_path)
-    if (model_path / "sparse").is_dir():
-        model_path = model_path / "sparse"
-    dirs = model_dirs(model_path)
-    stats = model_statistics(dirs[0])
-    return evaluate(load_ground_truth(gt_path), read_all_poses(model_path), model_statistics=stats)

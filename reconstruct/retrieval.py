@@ -24,32 +24,32 @@ from tqdm import tqdm
 from .config import config_hash, option, to_dict
 from .errors import ImageReadError
 from .images import prefetch, read_image
-from .models.dinov2 import PATCH_SIZE, check_resolution
+from .models.dinov2 import (  # noqa: F401 - Backbone, preprocess, target_size: re-exported
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    check_resolution,
+    preprocess,
+    target_size,
+)
 from .storage import GLOBAL_SCHEMA, Header, ResultWriter, read_global_descriptors
 
 logger = logging.getLogger(__name__)
 
 GLOBAL_NAME = "global.h5"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-Backbone = Literal[
-    "vits14",
-    "vits14_reg",
-    "vitb14",
-    "vitb14_reg",
-    "vitl14",
-    "vitl14_reg",
-    "vitg14",
-    "vitg14_reg",
-]
 Pooling = Literal["max", "cls", "gem"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class RetrievalConfig:
-    """DINOv2 global descriptors (`pairs.retrieval.*`)."""
+    """Global descriptors for retrieval (`pairs.retrieval.*`)."""
 
+    model: Literal["auto", "dinov2", "local"] = option(
+        "auto",
+        "auto (DINOv2 if its weights are on disk, else local), dinov2, or local "
+        "(VLAD of the local features, no download)",
+        hashed=False,
+    )
     backbone: Backbone = option(
         "vitb14", "DINOv2 backbone: vit{s,b,l,g}14, with _reg for the 4-register variants"
     )
@@ -79,29 +79,6 @@ class RetrievalConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}")
-
-
-# ----------------------------------------------------------------------------- preprocessing
-
-
-def target_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(width, height) with the long side at `resolution` and both sides multiples of 14."""
-    scale = resolution / max(width, height)
-    w = max(PATCH_SIZE, round(width * scale / PATCH_SIZE) * PATCH_SIZE)
-    h = max(PATCH_SIZE, round(height * scale / PATCH_SIZE) * PATCH_SIZE)
-    return int(w), int(h)
-
-
-def preprocess(image: np.ndarray, resolution: int) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> float32 (3, h, w), resized and ImageNet-normalised."""
-    import cv2
-
-    height, width = image.shape[:2]
-    w, h = target_size(width, height, resolution)
-    shrink = w * h < width * height
-    resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 # ----------------------------------------------------------------------------- model

@@ -24,6 +24,8 @@ and ends with the same file. A different config hash is refused unless ``overwri
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import logging
@@ -39,7 +41,13 @@ from urllib.parse import quote, unquote
 import h5py
 import numpy as np
 
-from .errors import StaleOutputError, StorageError
+from .errors import (
+    DiskFullError,
+    OutputNotADirectoryError,
+    OutputPermissionError,
+    StaleOutputError,
+    StorageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +95,72 @@ def make_public(path: Path) -> None:
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old or the whole new file."""
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NOT_A_DIR = {errno.ENOTDIR, errno.EEXIST}
+
+
+def storage_error(e: OSError, path: Path, *, need_bytes: int | None = None) -> StorageError:
+    """The typed error (what, where, how to fix) for an `OSError` met while writing `path`.
+
+    `need_bytes` (an estimate of what the write needed) makes the disk-full message say how much
+    to free. Errors of other kinds become a plain `StorageError` that still names the path.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if e.errno in _DISK_FULL:
+        need = f"free at least {max(1, -(-need_bytes // 2**20))} MB" if need_bytes else "free space"
+        return DiskFullError(
+            f"no space left on the device of {path.parent} while writing {path.name} "
+            f"({e.strerror})."
+            f" Finished items are kept: {need} (or choose another -o) and re-run the same command"
+            " to resume."
+        )
+    if e.errno in _NO_PERMISSION:
+        return OutputPermissionError(
+            f"cannot write {path} ({e.strerror}). Make {path.parent} writable, or choose another"
+            " output folder with -o."
+        )
+    if e.errno in _NOT_A_DIR:
+        return OutputNotADirectoryError(
+            f"cannot write {path}: {e.filename or path.parent} is a file, not a folder "
+            f"({e.strerror}). Choose another output folder with -o, or move the file away."
+        )
+    return StorageError(f"cannot write {path} ({e}); check the output folder or choose another -o.")
+
+
+def check_output_dir(output_dir: Path) -> Path:
+    """Create `output_dir` if needed and check that it is a writable folder, before any work.
+
+    Raises `OutputNotADirectoryError` if it (or a parent) is a file, `OutputPermissionError` if it
+    cannot be written, `DiskFullError` if its filesystem is full.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputNotADirectoryError(
+            f"output path {output_dir} is a file, not a folder. Choose another output folder with"
+            " -o, or move the file away."
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise storage_error(e, output_dir / ".write-check") from None
+    return output_dir
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old or the whole new file.
+
+    An `OSError` becomes a typed `StorageError` (see :func:`storage_error`).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise storage_error(e, path, need_bytes=len(data)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -99,9 +168,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         make_public(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise storage_error(e, path, need_bytes=len(data)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def image_fingerprint(path: Path) -> str:
+    """Identity of an image file's content: its size and SHA-256 of its first and last 64 KiB.
+
+    Stored per image in ``features.h5`` so a resumed run re-extracts an image replaced under the
+    same name. Content only, no mtime: a folder copied without its timestamps (``cp``, a git
+    checkout, an upload) still resumes. A missing or unreadable file is ``"missing"``.
+    """
+    try:
+        size = os.stat(path).st_size
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            digest.update(f.read(65536))
+            if size > 65536:
+                f.seek(max(65536, size - 65536))
+                digest.update(f.read(65536))
+    except OSError:
+        return "missing"
+    return f"{size}-{digest.hexdigest()[:16]}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -143,6 +235,22 @@ class Header:
     config: dict[str, Any]
     config_hash: str
     extra: dict[str, str] | None = None  # e.g. {"features_hash": ...}
+
+
+def _setting_diffs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: old -> new` for every (nested) setting that differs between two config dicts."""
+
+    def plain(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _setting_diffs(a, b, f"{prefix}{key}.")
+        elif plain(a) != plain(b):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def _write_header(f: h5py.File, header: Header) -> None:
@@ -256,12 +364,18 @@ class ResultWriter:
             **{k: str(v) for k, v in (self.header.extra or {}).items()},
         }
 
-    def _refuse(self, what: Path, found: dict[str, str]) -> None:
+    def _refuse(
+        self, what: Path, found: dict[str, str], found_config: dict[str, Any] | None = None
+    ) -> None:
         diffs = [
             f"{k}: on disk {found.get(k)!r}, now {v!r}"
             for k, v in self._expected().items()
             if found.get(k) != v
         ]
+        if found_config is not None:
+            settings = _setting_diffs(found_config, self.header.config)
+            if settings:
+                diffs = ["changed settings: " + ", ".join(settings)] + diffs
         raise StaleOutputError(
             f"{what} was written with a different configuration ({'; '.join(diffs)}). "
             "Re-run with --overwrite to replace it, or choose another output folder."
@@ -276,7 +390,13 @@ class ResultWriter:
                 with h5py.File(self.path, "r") as f:
                     found = {k: _attr_str(f, k) or "" for k in self._expected()}
                     if found != self._expected():
-                        self._refuse(self.path, found)
+                        try:
+                            found_config = json.loads(_attr_str(f, "config") or "null")
+                        except ValueError:
+                            found_config = None
+                        if not isinstance(found_config, dict):
+                            found_config = None
+                        self._refuse(self.path, found, found_config)
                     for names in _iter_item_names(f, self._depth):
                         self._done.add(names)
                         grp = f["/".join(name_to_key(n) for n in names)]
@@ -314,7 +434,10 @@ class ResultWriter:
                     len(self._pending),
                 )
             self._counter = len(list(self.parts_dir.glob("*.npz")))
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(e, self.parts_dir) from None
         atomic_write_json(meta_path, self._expected())
 
     @property
@@ -350,9 +473,15 @@ class ResultWriter:
         if not self._pending and self.path.exists():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             return self.path
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
+        need = sum(p.stat().st_size for p in self._pending if p.exists())
+        if self.path.exists():
+            need += self.path.stat().st_size
+        try:
+            fd, tmp_name = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+        except OSError as e:
+            raise storage_error(e, self.path, need_bytes=need) from None
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -377,6 +506,12 @@ class ResultWriter:
                 os.fsync(fh.fileno())
             make_public(tmp)
             os.replace(tmp, self.path)
+        except OSError as e:
+            # h5py reports a full disk as a generic OSError; the parts stay, so a re-run resumes.
+            tmp.unlink(missing_ok=True)
+            if e.errno is None and _free_bytes(self.path.parent) < need:
+                e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise storage_error(e, self.path, need_bytes=need) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -392,6 +527,13 @@ class ResultWriter:
             self.finalize()
         # On an exception (KeyboardInterrupt included) the parts stay on disk: the next run
         # with the same configuration resumes from them.
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def _json_default(o: Any) -> Any:
@@ -561,22 +703,45 @@ def write_pairs(
     scores: Iterable[float] | None = None,
     header: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a pairs file atomically: one ``name0 name1 [score]`` line per pair.
+    """Write a pairs file atomically: one plain ``name0 name1`` line per pair, the format hloc
+    and COLMAP read. `header` and `scores` go to the sidecar ``pairs.json`` beside it (see
+    :func:`pairs_sidecar`), which records a hash of the pairs file it belongs to.
 
     Names are percent-encoded only where needed (space, tab, newline, ``%``, ``#``), so ordinary
-    names stay readable and any name round-trips. Header lines start with ``#``.
+    names stay readable and any name round-trips.
     """
-    lines = []
-    for k, v in (header or {}).items():
-        lines.append(f"# {k}: {json.dumps(v, default=str)}")
-    score_list = list(scores) if scores is not None else None
-    for i, (a, b) in enumerate(pairs):
-        row = f"{_pairs_escape(a)} {_pairs_escape(b)}"
-        if score_list is not None:
-            row += f" {score_list[i]:.6f}"
-        lines.append(row)
-    atomic_write_text(Path(path), "\n".join(lines) + "\n")
-    return Path(path)
+    path = Path(path)
+    text = "".join(f"{_pairs_escape(a)} {_pairs_escape(b)}\n" for a, b in pairs)
+    score_list = [float(s) for s in scores] if scores is not None else None
+    sidecar = pairs_sidecar(path)
+    if header or score_list is not None:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        record = {"pairs_sha256": digest, "header": header or {}, "scores": score_list}
+        atomic_write_text(sidecar, json.dumps(record, default=str) + "\n")
+    else:
+        sidecar.unlink(missing_ok=True)
+    atomic_write_text(path, text)
+    return path
+
+
+def pairs_sidecar(path: Path) -> Path:
+    """Where the metadata and scores of a pairs file live: ``pairs.txt`` -> ``pairs.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar of `path` if it belongs to the pairs file as it is now, else None."""
+    sidecar = pairs_sidecar(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if not isinstance(record, dict) or record.get("pairs_sha256") != digest:
+        return None
+    return record
 
 
 def _pairs_escape(name: str) -> str:
@@ -613,11 +778,18 @@ def read_pairs_with_scores(path: Path) -> list[tuple[tuple[str, str], float | No
         if a == b:
             raise StorageError(f"{path}:{lineno}: self-pair {a!r}")
         out.append(((a, b), score))
+    record = _read_sidecar(path)
+    scores = record.get("scores") if record is not None else None
+    if isinstance(scores, list) and len(scores) == len(out):
+        out = [(p, float(s)) for (p, _), s in zip(out, scores, strict=True)]
     return out
 
 
 def read_pairs_header(path: Path) -> dict[str, Any]:
-    """The ``# key: json`` header lines of a pairs file we wrote."""
+    """The metadata of a pairs file we wrote (its sidecar; ``# key: json`` lines of old files)."""
+    record = _read_sidecar(path)
+    if record is not None:
+        return dict(record.get("header") or {})
     out = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):

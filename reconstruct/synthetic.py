@@ -545,3 +545,123 @@ def make_scene(out_dir: Path, config: SceneConfig = SceneConfig()) -> SyntheticS
         time.perf_counter() - start,
     )
     return SyntheticScene(root=root, image_dir=image_dir, gt_path=gt_path, cameras=cameras)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoSceneConfig:
+    """A synthetic video: the scene of SceneConfig filmed along a smooth path, with defects."""
+
+    scene: SceneConfig = option(
+        SceneConfig(width=320, height=240, texels_per_metre=128, supersample=1),
+        "scene, image size and textures (num_images and image_format are ignored)",
+    )
+    num_moving: int = option(24, "frames along the camera path")
+    fps: float = option(10.0, "frame rate of the written video")
+    arc_degrees: float = option(40.0, "the camera orbits this many degrees around the scene")
+    pan_metres: float = option(1.2, "the look-at point slides this far along x (image motion)")
+    blurred: tuple[int, ...] = option((5, 13, 19), "moving-frame indices given motion blur")
+    blur_length: int = option(15, "length in pixels of the horizontal motion-blur kernel")
+    pause_after: int = option(9, "moving-frame index after which the camera pauses")
+    pause_frames: int = option(4, "extra copies of that frame (the pause)")
+
+    def __post_init__(self) -> None:
+        if self.num_moving < 2:
+            raise ValueError(f"num_moving must be at least 2, got {self.num_moving}")
+        if not all(0 < b < self.num_moving for b in self.blurred):
+            raise ValueError("blurred indices must be in 1..num_moving-1 (frame 0 stays sharp)")
+        if self.pause_after in self.blurred or not 0 <= self.pause_after < self.num_moving:
+            raise ValueError("pause_after must be a sharp moving-frame index")
+        if self.pause_frames < 0 or self.blur_length < 3:
+            raise ValueError("pause_frames must be >= 0 and blur_length >= 3")
+
+
+@dataclass(frozen=True)
+class SyntheticVideo:
+    """A rendered video on disk, its frames' cameras and which frames are defective."""
+
+    path: Path  # the .mp4 file
+    world: World = field(repr=False)
+    cameras: list[CameraPose]  # one per written frame (pause frames repeat a pose)
+    times: list[float]  # seconds, frame i at i / fps
+    blurred: tuple[int, ...]  # written-frame indices with motion blur
+    duplicates: tuple[int, ...]  # written-frame indices that repeat the previous frame
+
+
+def video_cameras(config: VideoSceneConfig) -> list[CameraPose]:
+    """The poses of the moving frames: an orbit at slowly varying height that also pans."""
+    scene = config.scene
+    f = scene.focal_px
+    cameras = []
+    for i in range(config.num_moving):
+        phase = i / (config.num_moving - 1)
+        azimuth = math.radians(config.arc_degrees * (phase - 0.5))
+        target = _SCENE_TARGET + [config.pan_metres * (phase - 0.5), 0.0, 0.0]
+        height = scene.camera_height + 0.3 * math.sin(math.pi * phase)
+        ground = math.sqrt(scene.distance**2 - (height - target[2]) ** 2)
+        centre = target + [ground * math.sin(azimuth), -ground * math.cos(azimuth), 0.0]
+        centre[2] = height
+        rotation = look_at(centre, target)
+        name = f"frame_{i:04d}"
+        cameras.append(
+            CameraPose(name, f, f, scene.width / 2, scene.height / 2, rotation, -rotation @ centre)
+        )
+    return cameras
+
+
+def project(pose: CameraPose, point: np.ndarray) -> np.ndarray:
+    """(x, y) pixel (COLMAP convention) of a world point; NaN when it is behind the camera."""
+    cam = pose.rotation @ np.asarray(point, np.float64) + pose.translation
+    if cam[2] <= 1e-9:
+        return np.array([np.nan, np.nan])
+    return np.array([pose.fx * cam[0] / cam[2] + pose.cx, pose.fy * cam[1] / cam[2] + pose.cy])
+
+
+def plane_index_map(planes: tuple[Plane, ...], pose: CameraPose, width: int, height: int):
+    """(height, width) int16 index of the plane seen through each pixel centre; -1: background."""
+    dirs = _pixel_rays(pose, width, height, 1, np.float64)
+    return cast_rays(planes, pose, dirs, 1)[0]
+
+
+def make_video(path: Path, config: VideoSceneConfig = VideoSceneConfig()) -> SyntheticVideo:
+    """Render a synthetic video to `path` (MPEG-4 part 2, 'mp4v', via cv2.VideoWriter).
+
+    Moving frames follow :func:`video_cameras`; those in `config.blurred` are convolved with a
+    horizontal line kernel (motion blur); after moving frame `pause_after` the same image is
+    written `pause_frames` more times (a pause: exact duplicates before encoding).
+    """
+    path = Path(path)
+    scene = config.scene
+    world = build_world(scene)
+    moving = video_cameras(config)
+    kernel = np.full((1, config.blur_length), 1.0 / config.blur_length, np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    size = (scene.width, scene.height)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), config.fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write an mp4v video to {tmp}")
+    cameras: list[CameraPose] = []
+    blurred: list[int] = []
+    duplicates: list[int] = []
+    try:
+        for i, pose in enumerate(tqdm(moving, desc="rendering video", unit="frame", leave=False)):
+            image = render_view(world, pose, scene.width, scene.height, scene.supersample)
+            if i in config.blurred:
+                image = cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+                blurred.append(len(cameras))
+            bgr = np.ascontiguousarray(image[..., ::-1])
+            writer.write(bgr)
+            cameras.append(pose)
+            if i == config.pause_after:
+                for _ in range(config.pause_frames):
+                    writer.write(bgr)
+                    duplicates.append(len(cameras))
+                    cameras.append(pose)
+    finally:
+        writer.release()
+    tmp.replace(path)
+    times = [i / config.fps for i in range(len(cameras))]
+    return SyntheticVideo(path, world, cameras, times, tuple(blurred), tuple(duplicates))

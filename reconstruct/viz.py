@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import paths
 from .errors import InputError, StorageError
 from .images import read_image
 from .storage import FeaturesReader, MatchesReader, atomic_write_bytes
@@ -148,7 +149,7 @@ def run_image_dir(output_dir: Path) -> Path:
     """The image folder a run used, from its ``run.json`` (written by `reconstruct run`)."""
     import json
 
-    summary = Path(output_dir) / "run.json"
+    summary = Path(output_dir) / paths.RUN_SUMMARY
     try:
         return Path(json.loads(summary.read_text())["image_dir"])
     except (OSError, ValueError, KeyError):
@@ -179,7 +180,7 @@ def draw_matches(
     """
     output_dir = Path(output_dir)
     image_dir = Path(image_dir) if image_dir is not None else run_image_dir(output_dir)
-    features_path, matches_path = output_dir / "features.h5", output_dir / "matches.h5"
+    features_path, matches_path = output_dir / paths.FEATURES, output_dir / paths.MATCHES
     with FeaturesReader(features_path) as feats, MatchesReader(matches_path) as matches:
         for n in (name0, name1):
             if n not in feats:
@@ -209,7 +210,7 @@ def draw_matches(
     )
     if out_png is None:
         safe = f"{name0}_{name1}".replace("/", "_")
-        out_png = output_dir / "viz" / f"matches_{safe}.png"
+        out_png = output_dir / paths.VIZ / f"matches_{safe}.png"
     logger.info("%s -> %s", title, out_png)
     return write_png(out_png, picture)
 
@@ -279,13 +280,12 @@ def find_model_dir(path: Path) -> Path:
     from .export import model_dirs
 
     path = Path(path)
-    if (path / "images.bin").is_file() or (path / "images.txt").is_file():
+    if paths.is_model_dir(path):
         return path
-    exported = path / "model"
-    if (exported / "images.bin").is_file() or (exported / "images.txt").is_file():
-        return exported
-    if (path / "sparse").is_dir():
-        return model_dirs(path / "sparse")[0]
+    if paths.is_model_dir(path / paths.MODEL):
+        return path / paths.MODEL
+    if (path / paths.SPARSE).is_dir():
+        return model_dirs(path / paths.SPARSE)[0]
     if path.is_dir():
         return model_dirs(path)[0]
     raise StorageError(f"{path} does not exist; pass the output folder of `reconstruct run`")
@@ -395,7 +395,7 @@ def draw_model(
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    out_png = Path(out_png) if out_png is not None else Path(model_dir) / "viz" / "model.png"
+    out_png = Path(out_png) if out_png is not None else Path(model_dir) / paths.VIZ / "model.png"
     atomic_write_bytes(out_png, buf.getvalue())
     logger.info("Model %s (%d cameras, %d points) -> %s", folder, len(poses), len(xyz), out_png)
     return out_png

@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconstruct.cli import _resolve_config_path, _setup_logging
-from reconstruct.config import parse_set
+from reconstruct import paths
+from reconstruct.cli import _setup_logging
+from reconstruct.config import parse_set, resolve_config_path
 from reconstruct.errors import ReconstructError
 from reconstruct.evaluation import evaluate
 from reconstruct.export import model_statistics, read_all_poses
@@ -67,7 +68,7 @@ def run_scene(scene: Path, args, work: Path) -> dict:
         overrides.setdefault("mapping", {}).update(
             {"intrinsics": str(gt_path), "camera_model": "PINHOLE", "fix_intrinsics": True}
         )
-    config = load_config(_resolve_config_path(args.config), overrides)
+    config = load_config(resolve_config_path(args.config) if args.config else None, overrides)
     num_images = sum(1 for p in images.iterdir() if p.is_file())
     result: dict = {"scene": str(scene), "images": num_images}
 
@@ -77,7 +78,7 @@ def run_scene(scene: Path, args, work: Path) -> dict:
     summary = run_pipeline(images, ours_dir, config, device=args.device)
     ours = {"timings": summary.timings, "wall": time.perf_counter() - t0}
     ours["counts"] = {k: summary.counts.get(k) for k in ("pairs", "matches", "verified_pairs")}
-    ours.update(_score(ours_dir / "sparse", gt_path, num_images))
+    ours.update(_score(ours_dir / paths.SPARSE, gt_path, num_images))
     result["ours"] = ours
 
     if not args.no_colmap:

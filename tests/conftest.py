@@ -60,3 +60,24 @@ def synthetic_scene(tmp_path_factory):
     from reconstruct.synthetic import SceneConfig, make_scene
 
     return make_scene(tmp_path_factory.mktemp("scene"), SceneConfig())
+
+
+@pytest.fixture(scope="session")
+def staged_run(synthetic_scene, tmp_path_factory):
+    """The synthetic scene reconstructed by the stage commands one after the other
+    (extract, pairs, match, orient, map, export): (output folder, scene)."""
+    from reconstruct.cli import main
+
+    out = tmp_path_factory.mktemp("staged")
+    images = str(synthetic_scene.image_dir)
+    fast = ["--set", "keypoints.max_keypoints=512", "--set", "keypoints.resize=640"]
+    for argv in (
+        ["extract", images, "-o", str(out), "--device", "cpu", *fast],
+        ["pairs", images, "-o", str(out), "--device", "cpu", *fast],
+        ["match", str(out), "--device", "cpu", *fast],
+        ["orient", images, "-o", str(out), "--device", "cpu", *fast],
+        ["map", images, "-o", str(out), *fast],
+        ["export", str(out), *fast],
+    ):
+        assert main(argv) == 0, argv
+    return out, synthetic_scene

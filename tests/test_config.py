@@ -1,8 +1,17 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from reconstruct.config import coerce, config_hash, load_yaml, override, parse_set, to_dict
+from reconstruct.config import (
+    PRESETS_DIR,
+    coerce,
+    config_hash,
+    load_yaml,
+    override,
+    parse_set,
+    to_dict,
+)
 from reconstruct.errors import ConfigError
 from reconstruct.keypoints import KeypointsConfig
 from reconstruct.pipeline import PipelineConfig, load_config
@@ -54,7 +63,7 @@ def test_hash_ignores_unhashed_fields_only():
 
 
 def test_presets_only_override_existing_fields():
-    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    presets = sorted(PRESETS_DIR.glob("*.yaml"))
     assert {p.stem for p in presets} >= {"default", "fast", "accurate"}
     for p in presets:
         load_config(p)  # raises ConfigError on any unknown key or bad value
@@ -68,3 +77,30 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_hash_ignores_settings_of_unselected_backends():
+    from reconstruct.matching import MatchingConfig
+
+    a = KeypointsConfig()  # aliked
+    assert config_hash(a) == config_hash(KeypointsConfig(sift_contrast_threshold=0.5))
+    patch = dataclasses.replace(a.patch, backbone="vitb14")
+    assert config_hash(a) == config_hash(dataclasses.replace(a, patch=patch))
+    assert config_hash(a) != config_hash(KeypointsConfig(nms_radius=4))
+    sift = KeypointsConfig(extractor="sift")
+    assert config_hash(sift) == config_hash(KeypointsConfig(extractor="sift", nms_radius=4))
+    assert config_hash(sift) != config_hash(
+        KeypointsConfig(extractor="sift", sift_contrast_threshold=0.5)
+    )
+    lg = MatchingConfig()
+    assert config_hash(lg) == config_hash(MatchingConfig(mnn_ratio=0.9))
+    assert config_hash(MatchingConfig(matcher="mnn")) != config_hash(
+        MatchingConfig(matcher="mnn", mnn_ratio=0.9)
+    )
+
+
+def test_choosing_sift_chooses_a_matcher_that_can_match_it():
+    assert load_config(overrides={"keypoints": {"extractor": "sift"}}).matching.matcher == "mnn"
+    chosen = {"keypoints": {"extractor": "sift"}, "matching": {"matcher": "lightglue"}}
+    assert load_config(overrides=chosen).matching.matcher == "lightglue"
+    assert load_config().matching.matcher == "lightglue"

@@ -279,3 +279,29 @@ def test_weights_field_is_settable_and_unhashed():
 def test_unknown_backbone_is_a_typed_error():
     with pytest.raises(ModelWeightsError, match="unknown DINOv2 backbone"):
         dinov2.get_spec("resnet50")
+
+
+def test_error_messages_name_the_callers_settings(caches):
+    from reconstruct.models.patch_matcher import PatchFeaturesConfig, resolve_patch_weights
+
+    cfg = override(PatchFeaturesConfig(), {"download": False})
+    with pytest.raises(ModelWeightsError) as info:
+        resolve_patch_weights(cfg)
+    msg = str(info.value)
+    assert "keypoints.patch.download" in msg and "keypoints.patch.weights=PATH" in msg
+    assert "matching.matcher=lightglue" in msg
+    assert "pairs." not in msg
+    with pytest.raises(ModelWeightsError, match=r"pairs\.retrieval\.download"):
+        dinov2.resolve_weights("vitb14", download=False)
+
+
+def test_models_do_not_import_stage_modules():
+    import ast
+
+    for path in Path(dinov2.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module in ("config", "errors", "storage", "images", "device"), (
+                    path.name,
+                    node.module,
+                )

@@ -8,42 +8,172 @@ from reconstruct.evaluation import relative_pose_errors
 from reconstruct.export import read_all_poses
 from reconstruct.gt import rotate_camera
 from reconstruct.images import read_image
-from reconstruct.orientation import match_graph
+from reconstruct.keypoints import KeypointsConfig, extract_keypoints
+from reconstruct.matching import MatchingConfig, match_pairs
+from reconstruct.orientation import (
+    OrientationConfig,
+    PairVote,
+    correct_orientation,
+    solve_turns,
+)
+from reconstruct.pairs import PairsConfig, select_pairs
 from reconstruct.pipeline import load_config, run_pipeline
+from reconstruct.storage import FeaturesReader, MatchesReader
 
 
-def test_match_graph_components_exact():
-    names = ["a", "b", "c", "d", "e"]
-    counts = {("a", "b"): 300, ("b", "c"): 99, ("c", "d"): 100, ("a", "e"): 5}
-    labels = match_graph(names, counts, min_matches=100)
-    groups = {}
-    for n, lab in zip(names, labels, strict=True):
-        groups.setdefault(lab, []).append(n)
-    assert sorted(groups.values()) == [["a", "b"], ["c", "d"], ["e"]]
+def vote(a, b, turn, weight=10):
+    return PairVote(name0=a, name1=b, counts=(0, 0, 0, 0), turn=turn, weight=weight)
+
+
+# ----------------------------------------------------------------------------- solver, exact
+
+
+def test_solver_chain_relative_to_majority():
+    # a, b, c upright; d turned so that it needs 2; e needs 1 (relative to b)
+    votes = [vote("a", "b", 0), vote("b", "c", 0), vote("c", "d", 2), vote("b", "e", 1)]
+    turns = solve_turns(["a", "b", "c", "d", "e"], votes)
+    assert turns == {"a": 0, "b": 0, "c": 0, "d": 2, "e": 1}
+
+
+def test_solver_all_turned_the_same_way_turns_nothing():
+    names = ["a", "b", "c", "d"]
+    votes = [vote(x, y, 0) for i, x in enumerate(names) for y in names[i + 1 :]]
+    assert solve_turns(names, votes) == dict.fromkeys(names, 0)
+
+
+def test_solver_majority_is_the_reference_even_if_the_first_image_is_turned():
+    # "a" is the odd one out: the three others agree; each says turn(x) - turn(a) = 1
+    votes = [vote("a", x, 1) for x in "bcd"] + [vote("b", "c", 0), vote("c", "d", 0)]
+    assert solve_turns(list("abcd"), votes) == {"a": 3, "b": 0, "c": 0, "d": 0}
+
+
+def test_solver_conflicting_votes_majority_of_weight_wins():
+    # the strong loop a-b-c agrees on b = a + 1, c = a + 1; one strong wrong vote b-c = 2
+    # would win the spanning tree if alone; the refinement settles on the weighted majority
+    votes = [
+        vote("a", "b", 1, 50),
+        vote("a", "c", 1, 40),
+        vote("b", "c", 2, 60),
+        vote("c", "d", 0, 30),
+        vote("b", "d", 0, 30),
+        vote("a", "d", 1, 30),
+    ]
+    turns = solve_turns(list("abcd"), votes)
+    # b, c, d share one orientation (the majority), a differs from them by one quarter
+    assert turns == {"a": 3, "b": 0, "c": 0, "d": 0}
+    # every vote but the wrong one agrees with the result
+    wrong = [v for v in votes if (turns[v.name1] - turns[v.name0]) % 4 != v.turn]
+    assert wrong == [votes[2]]
+
+
+def test_solver_disconnected_groups_each_keep_their_majority():
+    votes = [
+        vote("a", "b", 2),
+        vote("b", "c", 0),
+        vote("x", "y", 3),
+        vote("y", "z", 0),
+        vote("a", "x", 1, weight=0),  # a non-vote connects nothing
+    ]
+    turns = solve_turns(["a", "b", "c", "x", "y", "z", "lonely"], votes)
+    assert turns == {"a": 2, "b": 0, "c": 0, "x": 1, "y": 0, "z": 0, "lonely": 0}
+
+
+def test_solver_no_votes_and_reversed_pairs():
+    assert solve_turns(["a", "b"], []) == {"a": 0, "b": 0}
+    # b - a = 1 stated both ways round; plus c upright with a
+    votes = [vote("a", "b", 1), vote("b", "a", 3), vote("c", "a", 0), vote("c", "d", 0)]
+    assert solve_turns(list("abcd"), votes) == {"a": 0, "b": 1, "c": 0, "d": 0}
+
+
+# ----------------------------------------------------------------------------- stage, synthetic
+
+
+def _turned_copy(scene, dst, turns, count=6):
+    import cv2
+
+    dst.mkdir()
+    gt = {}
+    for i in range(count):
+        name = f"view_00{i}.jpg"
+        k = turns.get(name, 0)
+        pixels = read_image(scene.image_dir / name)
+        h, w = pixels.shape[:2]
+        out = np.ascontiguousarray(np.rot90(pixels, k))
+        cv2.imwrite(str(dst / name), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+        gt[name] = rotate_camera(scene.cameras[name], k, w, h)
+    return gt
+
+
+def _expected(turns, names):
+    """Correcting turns relative to the majority of the applied ones."""
+    applied = [turns.get(n, 0) for n in names]
+    values, counts = np.unique(applied, return_counts=True)
+    reference = int(values[np.argmax(counts)])
+    return {n: (reference - a) % 4 for n, a in zip(names, applied, strict=True)}
+
+
+ARRANGEMENTS = {
+    "two_upside_down_one_portrait": {"view_001.jpg": 2, "view_003.jpg": 2, "view_004.jpg": 1},
+    # five of six turned, three of them by one quarter: those three are the reference
+    "most_turned": {
+        "view_000.jpg": 1,
+        "view_001.jpg": 1,
+        "view_002.jpg": 2,
+        "view_003.jpg": 1,
+        "view_005.jpg": 3,
+    },
+    "all_same_but_one": {f"view_00{i}.jpg": 2 for i in range(5)},
+    "none": {},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arrangement", sorted(ARRANGEMENTS))
+def test_stage_finds_every_turn(synthetic_scene, tmp_path, arrangement):
+    turns = ARRANGEMENTS[arrangement]
+    images, out = tmp_path / "images", tmp_path / "out"
+    _turned_copy(synthetic_scene, images, turns)
+    kcfg, mcfg = KeypointsConfig(max_keypoints=512), MatchingConfig()
+    features = extract_keypoints(images, out, kcfg, device="cpu")
+    pairs = select_pairs(images, out, PairsConfig(strategy="exhaustive"), device="cpu")
+    matches = match_pairs(pairs, features, out, mcfg, device="cpu")
+    with MatchesReader(matches) as m:
+        before = m.counts()
+    path = correct_orientation(
+        images, features, pairs, matches, out, OrientationConfig(), kcfg, mcfg, device="cpu"
+    )
+    data = json.loads(path.read_text())
+    names = sorted(f"view_00{i}.jpg" for i in range(6))
+    expected = _expected(turns, names)
+    assert data["turns"] == expected
+    assert data["rotations"] == {n: t for n, t in expected.items() if t}
+    assert len(data["evidence"]) == 15 and all(e["agrees"] for e in data["evidence"])
+    with FeaturesReader(features) as f:
+        assert {n: int(f.attrs(n).get("rotation", 0)) for n in names} == expected
+    with MatchesReader(matches) as m:
+        after = m.counts()
+    # pairs between images of different stored turns were matched again and now hold together
+    for (a, b), c in after.items():
+        assert c >= 100, (a, b, c, before.get((a, b)))
+    # a second call reuses the turns and redoes nothing
+    mtime = features.stat().st_mtime_ns, matches.stat().st_mtime_ns
+    correct_orientation(
+        images, features, pairs, matches, out, OrientationConfig(), kcfg, mcfg, device="cpu"
+    )
+    assert (features.stat().st_mtime_ns, matches.stat().st_mtime_ns) == mtime
 
 
 @pytest.mark.slow
 def test_turned_images_register(synthetic_scene, tmp_path):
     """Two of six views upside down and one in portrait, no EXIF: all register, poses right."""
-    import cv2
-
     images = tmp_path / "images"
-    images.mkdir()
-    turns = {"view_001.jpg": 2, "view_003.jpg": 2, "view_004.jpg": 1}
-    gt = {}
-    for i in range(6):
-        name = f"view_00{i}.jpg"
-        k = turns.get(name, 0)
-        pixels = read_image(synthetic_scene.image_dir / name)
-        h, w = pixels.shape[:2]
-        turned = np.ascontiguousarray(np.rot90(pixels, k))
-        cv2.imwrite(str(images / name), cv2.cvtColor(turned, cv2.COLOR_RGB2BGR))
-        gt[name] = rotate_camera(synthetic_scene.cameras[name], k, w, h)
+    turns = ARRANGEMENTS["two_upside_down_one_portrait"]
+    gt = _turned_copy(synthetic_scene, images, turns)
     cfg = load_config(overrides={"keypoints": {"max_keypoints": 512}})
     summary = run_pipeline(images, tmp_path / "out", cfg)
     assert summary.counts["registered_images"] == 6, summary.format()
     found = json.loads((tmp_path / "out" / "rotations.json").read_text())["rotations"]
-    # turns are relative to the largest upright group: the three unturned views stay at 0
+    # turns are relative to the upright majority: the three unturned views stay at 0
     assert found == {"view_001.jpg": 2, "view_003.jpg": 2, "view_004.jpg": 3}
     errors = relative_pose_errors(gt, read_all_poses(tmp_path / "out" / "sparse"))
     assert max(e.rotation_error_deg for e in errors) < 1.0

@@ -282,14 +282,16 @@ def test_small_scene_is_exhaustive_without_a_model(tmp_path, monkeypatch):
 
 def test_large_scene_without_weights_is_an_error_with_the_fix(tmp_path):
     names = [f"img{i:02d}.jpg" for i in range(25)]
-    cfg = override(PairsConfig(), {"retrieval": {"download": False}})
+    cfg = override(PairsConfig(), {"retrieval": {"download": False, "model": "dinov2"}})
     with pytest.raises(ModelWeightsError) as info:
         select_pairs(tmp_path / "images", tmp_path / "out", cfg, image_names=names)
     assert "--set pairs.strategy=exhaustive" in str(info.value)
+    assert "pairs.retrieval.model=local" in str(info.value)
     assert "dinov2_vitb14_pretrain.pth" in str(info.value)
     # With downloads on, the (blocked) download fails fast into the same typed error.
+    cfg = override(PairsConfig(), {"retrieval": {"model": "dinov2"}})
     with pytest.raises(ModelWeightsError, match="download failed"):
-        select_pairs(tmp_path / "images", tmp_path / "out", PairsConfig(), image_names=names)
+        select_pairs(tmp_path / "images", tmp_path / "out", cfg, image_names=names)
     assert not (tmp_path / "out" / "pairs.txt").exists()
 
 

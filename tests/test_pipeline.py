@@ -157,3 +157,27 @@ def test_sacre_coeur_registers(real_data, tmp_path):
     images = real_data / "sacre_coeur" / "images"
     summary = run_pipeline(images, tmp_path / "out", load_config())
     assert summary.counts["registered_images"] >= 9, summary.format()
+
+
+def test_pairs_file_is_plain_two_names_per_line(tmp_path):
+    # hloc's parser splits every line into exactly two names; metadata and scores go beside it.
+    from reconstruct.storage import (
+        pairs_sidecar,
+        read_pairs_header,
+        read_pairs_with_scores,
+        write_pairs,
+    )
+
+    path = write_pairs(
+        tmp_path / "pairs.txt",
+        [("a b.jpg", "c.jpg"), ("c.jpg", "d.jpg")],
+        scores=[0.5, 0.25],
+        header={"strategy_used": "retrieval"},
+    )
+    lines = path.read_text().splitlines()
+    assert all(len(line.split()) == 2 and not line.startswith("#") for line in lines), lines
+    assert pairs_sidecar(path).name == "pairs.json"
+    assert [s for _, s in read_pairs_with_scores(path)] == [0.5, 0.25]
+    assert read_pairs_header(path) == {"strategy_used": "retrieval"}
+    path.write_text("c.jpg d.jpg\n")  # edited by hand: the sidecar no longer applies
+    assert read_pairs_with_scores(path) == [(("c.jpg", "d.jpg"), None)]

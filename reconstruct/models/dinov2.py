@@ -29,13 +29,50 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from ..errors import ModelWeightsError
 
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 14
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+Backbone = Literal[
+    "vits14",
+    "vits14_reg",
+    "vitb14",
+    "vitb14_reg",
+    "vitl14",
+    "vitl14_reg",
+    "vitg14",
+    "vitg14_reg",
+]
+
+
+def target_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) with the long side at `resolution` and both sides multiples of 14."""
+    scale = resolution / max(width, height)
+    w = max(PATCH_SIZE, round(width * scale / PATCH_SIZE) * PATCH_SIZE)
+    h = max(PATCH_SIZE, round(height * scale / PATCH_SIZE) * PATCH_SIZE)
+    return int(w), int(h)
+
+
+def preprocess(image: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (3, h, w), resized and ImageNet-normalised."""
+    import cv2
+
+    height, width = image.shape[:2]
+    w, h = target_size(width, height, resolution)
+    shrink = w * h < width * height
+    resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def check_resolution(resolution: int) -> None:
@@ -172,7 +209,19 @@ def find_cached(spec: BackboneSpec) -> Path | None:
     return None
 
 
-def _missing_message(spec: BackboneSpec, reason: str) -> str:
+DEFAULT_SETTING = "pairs.retrieval"
+DEFAULT_ALTERNATIVE = (
+    "match every pair instead: --set pairs.strategy=exhaustive (N(N-1)/2 pairs: slow for large "
+    "scenes)"
+)
+
+
+def _missing_message(
+    spec: BackboneSpec,
+    reason: str,
+    setting: str = DEFAULT_SETTING,
+    alternative: str = DEFAULT_ALTERNATIVE,
+) -> str:
     cache = weights_dir()
     looked = ", ".join(str(p) for p in cache_candidates(spec)[:2]) + ", torch hub and HF hub caches"
     return (
@@ -180,22 +229,31 @@ def _missing_message(spec: BackboneSpec, reason: str) -> str:
         f"{reason}. Looked in {looked}.\n"
         f"Fix it with one of:\n"
         f"  - download {spec.url} (about {spec.approx_mb} MB) and put it in {cache}/ "
-        f"(or anywhere, and pass --set pairs.retrieval.weights=PATH); timm's copy "
+        f"(or anywhere, and pass --set {setting}.weights=PATH); timm's copy "
         f"{spec.hf_url} works too;\n"
         f"  - choose a smaller backbone whose file you have (`reconstruct weights list`);\n"
-        f"  - or match every pair instead: --set pairs.strategy=exhaustive "
-        f"(N(N-1)/2 pairs: slow for large scenes)."
+        f"  - or {alternative}."
     )
 
 
-def resolve_weights(backbone: str, explicit: Path | None = None, *, download: bool = True) -> Path:
-    """The weights file to use for `backbone`: explicit path, cache, download, or a typed error."""
+def resolve_weights(
+    backbone: str,
+    explicit: Path | None = None,
+    *,
+    download: bool = True,
+    setting: str = DEFAULT_SETTING,
+    alternative: str = DEFAULT_ALTERNATIVE,
+) -> Path:
+    """The weights file to use for `backbone`: explicit path, cache, download, or a typed error.
+
+    `setting` is the caller's settings prefix (``pairs.retrieval``, ``keypoints.patch``) and
+    `alternative` the way around the model, both named in the error messages."""
     spec = get_spec(backbone)
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise ModelWeightsError(
-                f"weights file {path} (pairs.retrieval.weights) does not exist; give the path of "
+                f"weights file {path} ({setting}.weights) does not exist; give the path of "
                 f"{spec.filename} (official, {spec.url}) or of timm's model.safetensors "
                 f"({spec.hf_url}), or unset it to use the cache ({weights_dir()}/)."
             )
@@ -207,10 +265,13 @@ def resolve_weights(backbone: str, explicit: Path | None = None, *, download: bo
     if not download:
         raise ModelWeightsError(
             _missing_message(
-                spec, "not in the cache and downloads are off (pairs.retrieval.download)"
+                spec,
+                f"not in the cache and downloads are off ({setting}.download)",
+                setting,
+                alternative,
             )
         )
-    return download_weights(spec)
+    return download_weights(spec, setting=setting, alternative=alternative)
 
 
 # ----------------------------------------------------------------------------- download
@@ -222,7 +283,13 @@ def _urlopen(url: str, timeout: float):
     return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - fixed https URLs
 
 
-def download_weights(spec: BackboneSpec, dest_dir: Path | None = None) -> Path:
+def download_weights(
+    spec: BackboneSpec,
+    dest_dir: Path | None = None,
+    *,
+    setting: str = DEFAULT_SETTING,
+    alternative: str = DEFAULT_ALTERNATIVE,
+) -> Path:
     """Download the official weights of `spec` into the cache with a progress bar.
 
     The file is written under a temporary name, checked (size, checksum when known, and that it
@@ -258,18 +325,30 @@ def download_weights(spec: BackboneSpec, dest_dir: Path | None = None) -> Path:
                     bar.update(len(chunk))
         if total is not None and written != total:
             raise ModelWeightsError(
-                _missing_message(spec, f"the download stopped after {written} of {total} bytes")
+                _missing_message(
+                    spec,
+                    f"the download stopped after {written} of {total} bytes",
+                    setting,
+                    alternative,
+                )
             )
         sha = digest.hexdigest()
         if spec.sha256 and sha != spec.sha256:
             raise ModelWeightsError(
-                _missing_message(spec, f"the download has SHA-256 {sha}, expected {spec.sha256}")
+                _missing_message(
+                    spec,
+                    f"the download has SHA-256 {sha}, expected {spec.sha256}",
+                    setting,
+                    alternative,
+                )
             )
         try:
             read_state_dict(tmp)
         except ModelWeightsError as e:
             raise ModelWeightsError(
-                _missing_message(spec, f"the downloaded file is not a checkpoint ({e})")
+                _missing_message(
+                    spec, f"the downloaded file is not a checkpoint ({e})", setting, alternative
+                )
             ) from None
         os.replace(tmp, dest)
     except ModelWeightsError:
@@ -277,7 +356,9 @@ def download_weights(spec: BackboneSpec, dest_dir: Path | None = None) -> Path:
         raise
     except (OSError, ValueError) as e:  # URLError, timeouts, refused sockets, disk full
         tmp.unlink(missing_ok=True)
-        raise ModelWeightsError(_missing_message(spec, f"the download failed ({e})")) from None
+        raise ModelWeightsError(
+            _missing_message(spec, f"the download failed ({e})", setting, alternative)
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -55,9 +55,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config import option
-from ..errors import ModelWeightsError
-from ..retrieval import Backbone, preprocess, target_size
 from . import dinov2
+from .dinov2 import Backbone, preprocess, target_size
 
 logger = logging.getLogger(__name__)
 
@@ -423,15 +422,15 @@ class PatchModel:
 
 def resolve_patch_weights(config: PatchFeaturesConfig) -> tuple[Path, str]:
     """(weights path, SHA-256) for `config`: explicit file, cache, download, or a typed error."""
-    try:
-        path = dinov2.resolve_weights(config.backbone, config.weights, download=config.download)
-    except ModelWeightsError as e:
-        raise ModelWeightsError(
-            f"{e}\nThe DINOv2 patch matcher needs these weights: its settings are "
-            f"keypoints.patch.weights=PATH and keypoints.patch.download=true (the pairs.* "
-            f"settings above are retrieval's), and its alternative is "
-            f"--set matching.matcher=lightglue (ALIKED + LightGlue, no DINOv2 needed)."
-        ) from None
+    path = dinov2.resolve_weights(
+        config.backbone,
+        config.weights,
+        download=config.download,
+        setting="keypoints.patch",
+        alternative=(
+            "use ALIKED + LightGlue, which needs no DINOv2: --set matching.matcher=lightglue"
+        ),
+    )
     return path, dinov2.weights_sha256(path)
 
 

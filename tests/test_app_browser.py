@@ -1,0 +1,219 @@
+"""The app in a real headless Chromium: upload the demo scene, run all, look at every view.
+
+Needs Debian's `chromium` and `chromium-driver` packages and the `selenium` and `streamlit`
+Python packages; skips with the reason otherwise. Saves a screenshot of each view to
+``docs/app_*.png`` when RECONSTRUCT_APP_SCREENSHOTS=1.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit", reason="the app needs streamlit: pip install 'reconstruct[app]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+from PIL import Image  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="no headless browser: apt-get install -y chromium chromium-driver",
+)
+DOCS = Path(__file__).parents[1] / "docs"
+SAVE = os.environ.get("RECONSTRUCT_APP_SCREENSHOTS") == "1"
+
+
+# The originals, taken at import (before conftest blocks the network for the session): the
+# browser driver talks HTTP to chromedriver and to the app, on localhost only.
+_ORIGINAL = {
+    "connect": socket.socket.connect,
+    "connect_ex": socket.socket.connect_ex,
+    "create_connection": socket.create_connection,
+    "getaddrinfo": socket.getaddrinfo,
+}
+_LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def _local_only(fn, host_of):
+    def wrapper(*args, **kwargs):
+        host = host_of(args)
+        if host not in _LOCAL:
+            raise OSError(f"network access is blocked in tests (not localhost: {host!r})")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.fixture()
+def localhost(monkeypatch):
+    """Connections to localhost work again in this test; everything else stays blocked."""
+    addr = lambda a: a[1][0] if isinstance(a[1], tuple) else a[1]  # noqa: E731
+    monkeypatch.setattr(socket.socket, "connect", _local_only(_ORIGINAL["connect"], addr))
+    monkeypatch.setattr(socket.socket, "connect_ex", _local_only(_ORIGINAL["connect_ex"], addr))
+    monkeypatch.setattr(
+        socket, "create_connection", _local_only(_ORIGINAL["create_connection"], lambda a: a[0][0])
+    )
+    monkeypatch.setattr(
+        socket, "getaddrinfo", _local_only(_ORIGINAL["getaddrinfo"], lambda a: a[0])
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path, localhost):
+    """The app (as `reconstruct app` starts it) on a free localhost port."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    code = (
+        "import sys; from pathlib import Path; from reconstruct.app import launch; "
+        f"sys.exit(launch('127.0.0.1', {port}, Path(sys.argv[1])))"
+    )
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "work")], stdout=log, stderr=log, env=env
+        )
+        try:
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if proc.poll() is not None:
+                    pytest.fail(f"the app exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}", tmp_path
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture()
+def browser(tmp_path, localhost):
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(arg)
+    opts.add_argument("--window-size=1400,1000")
+    opts.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.execute_cdp_cmd(
+        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    yield driver, downloads
+    driver.quit()
+
+
+def _button(driver, text: str):
+    return driver.find_element(By.XPATH, f"//button[.//p[normalize-space()='{text}']]")
+
+
+def _not_blank(png: bytes, what: str, name: str) -> None:
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float64)
+    assert img.shape[0] > 100 and img.shape[1] > 100, f"{what} is tiny: {img.shape}"
+    assert img.std() > 10, f"{what} looks blank (pixel std {img.std():.1f})"
+    colours = len(np.unique(img.reshape(-1, 3).astype(np.uint8), axis=0))
+    assert colours > 50, f"{what} has only {colours} colours"
+    if SAVE:
+        (DOCS / f"app_{name}.png").write_bytes(png)
+
+
+def _tab(driver, label: str) -> None:
+    driver.find_element(
+        By.XPATH, f"//*[@role='tab'][contains(normalize-space(.), '{label}')]"
+    ).click()
+    time.sleep(1.5)
+
+
+def test_demo_upload_run_all_and_download_ply(server, browser, tmp_path):
+    from reconstruct.synthetic import SceneConfig, make_scene
+
+    url, _ = server
+    driver, downloads = browser
+    scene = make_scene(tmp_path / "demo", SceneConfig(num_images=4, width=480, height=360))
+    files = sorted(str(p) for p in scene.image_dir.iterdir())
+    wait = WebDriverWait(driver, 90)
+    driver.get(url)
+    wait.until(lambda d: d.find_elements(By.XPATH, "//label[.//p[text()='Upload']]"))
+    driver.find_element(By.XPATH, "//label[.//p[text()='Upload']]").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+    driver.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys("\n".join(files))
+    wait.until(lambda d: len(d.find_elements(By.XPATH, "//*[contains(text(), '.jpg')]")) >= 4)
+    _button(driver, "Use uploaded images").click()
+    wait.until(lambda d: "4 images ready" in d.page_source)
+    if SAVE:
+        driver.save_screenshot(str(DOCS / "app_sidebar.png"))
+
+    _button(driver, "Run all").click()
+    WebDriverWait(driver, 600).until(
+        lambda d: "finished stages: keypoints, pairs, matching, mapping, export" in d.page_source
+    )
+    assert "Traceback" not in driver.page_source
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+
+    _tab(driver, "Pairs")
+    heatmap = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=stPlotlyChart]"))
+    time.sleep(2)
+    _not_blank(heatmap.screenshot_as_png, "pair heatmap", "pairs")
+    assert "Pairs kept" in driver.page_source
+
+    _tab(driver, "Matches")
+    img = wait.until(
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
+            if e.is_displayed()
+        ]
+    )[0]
+    wait.until(lambda d: img.size["width"] > 100)
+    _not_blank(img.screenshot_as_png, "matches image", "matches")
+
+    _tab(driver, "Model")
+    charts = wait.until(
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=stPlotlyChart]")
+            if e.is_displayed()
+        ]
+    )
+    time.sleep(3)
+    _not_blank(charts[0].screenshot_as_png, "3D model view", "model")
+
+    _tab(driver, "Download")
+    _button(driver, "points.ply").click()
+    deadline = time.time() + 60
+    while time.time() < deadline and not (downloads / "points.ply").exists():
+        time.sleep(0.5)
+    ply = downloads / "points.ply"
+    assert ply.exists(), f"no download in {downloads}: {list(downloads.iterdir())}"
+    head = ply.read_bytes()[:300]
+    assert head.startswith(b"ply\n"), head[:20]
+    assert b"element vertex" in head and b"property uchar red" in head
+    n = int(head.split(b"element vertex ")[1].split(b"\n")[0])
+    assert n > 0
