@@ -8,6 +8,8 @@ overrides defaults, `--set stage.key=value` overrides both (see `reconstruct con
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -19,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import __version__, paths
+from .config import parse_set
 from .errors import ReconstructError
 
 logger = logging.getLogger("reconstruct")
@@ -50,7 +53,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 HELP_WIDTH = 100
-ALL_STAGES = ("keypoints", "pairs", "matching", "orientation", "mapping", "export")
+ALL_STAGES = ("keypoints", "pairs", "matching", "orientation", "mapping", "export", "video")
 
 
 def _load_config(args):
@@ -121,9 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_settings_epilog(),
         formatter_class=fmt,
     )
-    p.add_argument("image_dir", type=Path)
+    p.add_argument(
+        "image_dir", type=Path, help="folder of photos, a video file, or a folder of videos"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     _common(p)
+    _executor_args(p)
 
     p = sub.add_parser(
         "demo",
@@ -156,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     _common(p)
+    _executor_args(p)
 
     p = sub.add_parser(
         "match",
@@ -165,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", type=Path, help="output folder holding pairs.txt and features.h5")
     _common(p)
+    _executor_args(p)
 
     p = sub.add_parser(
         "orient",
@@ -239,21 +247,123 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--views", type=int, default=3)
     _common(q, config=False, device=False)
 
+    p = sub.add_parser(
+        "track",
+        help="track points through a video -> tracked.mp4 + tracked.csv",
+        description="Settings: --set tracking.KEY=VALUE (fields of tracking.TrackingConfig).",
+    )
+    p.add_argument("video", type=Path)
+    p.add_argument(
+        "--point", action="append", required=True, help="X,Y in pixels of the first frame"
+    )
+    p.add_argument("-o", "--output", type=Path, default=Path("tracked.mp4"))
+    p.add_argument("--method", choices=["flow", "dinov2"], default="flow")
+    _common(p, device=False)
+
+    p = sub.add_parser("app", help="the web app (needs: pip install -e '.[app]')")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--workdir", type=Path, default=Path("."), help="uploads and runs go here")
+    _common(p, config=False, device=False)
+
     p = sub.add_parser("weights", help="model weights: `reconstruct weights list`")
     p.add_argument("action", choices=["list"])
     _common(p, config=False, device=False)
     return parser
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where extraction and matching run (ray: pip install -e '.[distributed]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join a Ray cluster: auto or HOST:PORT (default: start a local instance)",
+    )
+
+
+@contextlib.contextmanager
+def _executor(args):
+    from .executors import make_executor
+
+    executor = make_executor(args.executor, address=args.ray_address)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def _video_inputs(path: Path) -> list[Path]:
+    """The videos to reconstruct: `path` itself, or the videos in a folder holding no photos."""
+    from .images import list_images
+    from .video import is_video
+
+    if path.is_file() and is_video(path):
+        return [path]
+    if path.is_dir() and not list_images(path):
+        return sorted(p for p in path.iterdir() if p.is_file() and is_video(p))
+    return []
+
+
 def _cmd_run(args) -> int:
     from .pipeline import run_pipeline
 
     config = _load_config(args)
-    summary = run_pipeline(
-        args.image_dir, args.output, config, device=args.device, overwrite=args.overwrite
-    )
-    print(summary.format())
+    videos = _video_inputs(args.image_dir)
+    jobs = [(args.image_dir, args.output)]
+    if videos:
+        from .video import extract_frames, read_summary
+
+        if "strategy" not in parse_set(args.set).get("pairs", {}) and not getattr(
+            args, "strategy", None
+        ):
+            # Frames of a video overlap with their neighbours: match them in sequence.
+            pairs = dataclasses.replace(config.pairs, strategy="sequential")
+            config = dataclasses.replace(config, pairs=pairs)
+        jobs = []
+        for video in videos:
+            out = args.output if len(videos) == 1 else args.output / video.stem
+            frames = extract_frames(video, out, config.video, overwrite=args.overwrite)
+            s = read_summary(frames)
+            print(
+                f"{video.name}: read {s.frames_read} frames, kept {s.frames_kept}, dropped "
+                f"{s.dropped_blurry} as blurry and {s.dropped_duplicate} as duplicates"
+            )
+            jobs.append((frames, out))
+    with _executor(args) as executor:
+        for image_dir, out in jobs:
+            summary = run_pipeline(
+                image_dir,
+                out,
+                config,
+                device=args.device,
+                overwrite=args.overwrite,
+                executor=executor,
+            )
+            print(summary.format())
     return 0
+
+
+def _cmd_track(args) -> int:
+    from .config import override
+    from .tracking import TrackingConfig, parse_point, track_points
+
+    updates = parse_set(args.set).get("tracking", {})
+    updates["method"] = args.method
+    config = override(TrackingConfig(), updates, "--set")
+    out = track_points(args.video, [parse_point(p) for p in args.point], args.output, config)
+    print(out)
+    return 0
+
+
+def _cmd_app(args) -> int:
+    from .app import launch
+
+    return launch(host=args.host, port=args.port, workdir=args.workdir)
 
 
 def _cmd_demo(args) -> int:
@@ -308,15 +418,17 @@ def _cmd_extract(args) -> int:
     names = list_images(args.image_dir)
     check_any_readable(args.image_dir, names)
     turns = previous_rotations(args.output / paths.ROTATIONS, config.orientation, args.overwrite)
-    path = extract_keypoints(
-        args.image_dir,
-        args.output,
-        config.keypoints,
-        device=args.device,
-        overwrite=args.overwrite,
-        image_names=names,
-        rotations=turns,
-    )
+    with _executor(args) as executor:
+        path = extract_keypoints(
+            args.image_dir,
+            args.output,
+            config.keypoints,
+            device=args.device,
+            overwrite=args.overwrite,
+            image_names=names,
+            rotations=turns,
+            executor=executor,
+        )
     print(path)
     return 0
 
@@ -325,14 +437,16 @@ def _cmd_match(args) -> int:
     from .matching import match_pairs
 
     config = _load_config(args)
-    path = match_pairs(
-        args.output / paths.PAIRS,
-        args.output / paths.FEATURES,
-        args.output,
-        config.matching,
-        device=args.device,
-        overwrite=args.overwrite,
-    )
+    with _executor(args) as executor:
+        path = match_pairs(
+            args.output / paths.PAIRS,
+            args.output / paths.FEATURES,
+            args.output,
+            config.matching,
+            device=args.device,
+            overwrite=args.overwrite,
+            executor=executor,
+        )
     print(path)
     return 0
 
@@ -438,7 +552,12 @@ COMMANDS = {
     "config": _cmd_config,
     "weights": _cmd_weights,
     "viz": _cmd_viz,
+    "track": _cmd_track,
+    "app": _cmd_app,
 }
+# Commands that write into their output folder take its lock for their whole run (one writer
+# per folder); read-only ones (eval, viz, config, weights) do not.
+LOCKED_COMMANDS = frozenset({"run", "demo", "extract", "pairs", "match", "orient", "map", "export"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
+        if args.command in LOCKED_COMMANDS:
+            from .lock import output_lock
+
+            with output_lock(args.output):
+                return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except BrokenPipeError:
         # The reader went away (`reconstruct config | head`): stop quietly, as cat does. Point

@@ -264,9 +264,7 @@ def extract_keypoints(
     with ResultWriter(path, header, overwrite=overwrite) as writer:
         prints = {n: image_fingerprint(image_dir / n) for n in names}
         todo = [
-            n
-            for n in names
-            if not _is_current(writer.attrs((n,)), rotations.get(n, 0), prints[n])
+            n for n in names if not _is_current(writer.attrs((n,)), rotations.get(n, 0), prints[n])
         ]
         _log_changes(writer, names, prints, path)
         if not todo:

@@ -27,8 +27,9 @@ from .keypoints import KeypointsConfig, extract_keypoints
 from .mapping import MappingConfig, run_mapping
 from .matching import MatchingConfig, match_pairs
 from .orientation import OrientationConfig, correct_orientation, read_rotations
-from .pairs import PairsConfig, select_pairs
+from .pairs import PairsConfig, check_models, select_pairs
 from .storage import FeaturesReader, MatchesReader, atomic_write_json, read_pairs
+from .video import VideoConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class PipelineConfig:
     orientation: OrientationConfig = dataclasses.field(default_factory=OrientationConfig)
     mapping: MappingConfig = dataclasses.field(default_factory=MappingConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
 
 
 def load_config(
@@ -168,13 +170,19 @@ def run_pipeline(
     *,
     device: str = "auto",
     overwrite: bool = False,
+    executor=None,
 ) -> RunSummary:
-    """Reconstruct `image_dir` into `output_dir` and return the run summary (also run.json)."""
+    """Reconstruct `image_dir` into `output_dir` and return the run summary (also run.json).
+
+    `executor` (from `executors.make_executor`) runs extraction and matching; None runs them here.
+    """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     start = time.perf_counter()
     names = list_images(image_dir)
     check_any_readable(image_dir, names)
     logger.info("Found %d images in %s", len(names), image_dir)
+    # Fail fast: a model the run will need and cannot load stops the run before any work.
+    models = check_models(config.pairs, len(names))
     output_dir.mkdir(parents=True, exist_ok=True)
     timings = _Timings()
     k, run = config.keypoints, dict(device=device, overwrite=overwrite)
@@ -182,14 +190,18 @@ def run_pipeline(
     turns = previous_rotations(rotations_path, config.orientation, overwrite)
     with timings.stage("keypoints"):
         features = extract_keypoints(
-            image_dir, output_dir, k, image_names=names, rotations=turns, **run
+            image_dir, output_dir, k, image_names=names, rotations=turns, executor=executor, **run
         )
     with FeaturesReader(features) as f:
         readable, unreadable = f.names(), f.failed()
     with timings.stage("pairs"):
-        pairs = select_pairs(image_dir, output_dir, config.pairs, image_names=readable, **run)
+        pairs = select_pairs(
+            image_dir, output_dir, config.pairs, image_names=readable, features=features, **run
+        )
     with timings.stage("matching"):
-        matches = match_pairs(pairs, features, output_dir, config.matching, **run)
+        matches = match_pairs(
+            pairs, features, output_dir, config.matching, executor=executor, **run
+        )
     with timings.stage("orientation"):
         rotations_path = correct_orientation(
             image_dir,
@@ -217,6 +229,7 @@ def run_pipeline(
             "pairs": len(read_pairs(pairs)),
             "matched_pairs": num_pairs,
             "matches": num_matches,
+            "retrieval_model": models.get("retrieval_model"),
         },
         unreadable_images=unreadable,
         models=[],

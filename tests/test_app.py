@@ -63,6 +63,16 @@ def test_save_uploads_checks_type_and_limits(tmp_path):
     assert not (tmp_path / "evil.jpg").exists()
 
 
+def test_limits_from_env():
+    lim = uploads.limits_from_env(
+        {"RECONSTRUCT_APP_MAX_FILE_MB": "1", "RECONSTRUCT_APP_MAX_FILES": "3"}
+    )
+    assert lim.max_file_bytes == 2**20 and lim.max_files == 3
+    assert lim.max_total_bytes == uploads.UploadLimits().max_total_bytes
+    with pytest.raises(InputError):
+        uploads.limits_from_env({"RECONSTRUCT_APP_MAX_FILES": "many"})
+
+
 def test_pick_folder_refuses_outside_workdir(tmp_path):
     (tmp_path / "scene").mkdir()
     assert uploads.pick_folder(tmp_path, "scene") == (tmp_path / "scene").resolve()

@@ -59,7 +59,9 @@ if source == "Upload":
             st.error("No images uploaded: drop some photos on the uploader first.")
         else:
             saved, rejected = uploads.save_uploads(
-                [(f.name, f.getvalue()) for f in files], SESSION / "uploads"
+                [(f.name, f.getvalue()) for f in files],
+                SESSION / "uploads",
+                uploads.limits_from_env(dict(os.environ)),
             )
             for name, why in rejected.items():
                 st.error(f"Rejected {name}: {why}")

@@ -26,6 +26,24 @@ class UploadLimits:
     max_files: int = option(2000, "most files one session may upload")
 
 
+def limits_from_env(env: dict[str, str]) -> UploadLimits:
+    """Limits from RECONSTRUCT_APP_MAX_FILE_MB, _MAX_TOTAL_MB and _MAX_FILES (else defaults)."""
+    d = UploadLimits()
+    try:
+        mb = 2**20
+        return UploadLimits(
+            max_file_bytes=int(
+                float(env.get("RECONSTRUCT_APP_MAX_FILE_MB", d.max_file_bytes / mb)) * mb
+            ),
+            max_total_bytes=int(
+                float(env.get("RECONSTRUCT_APP_MAX_TOTAL_MB", d.max_total_bytes / mb)) * mb
+            ),
+            max_files=int(env.get("RECONSTRUCT_APP_MAX_FILES", d.max_files)),
+        )
+    except ValueError as e:
+        raise InputError(f"bad upload limit in the environment: {e}") from None
+
+
 def sanitise_name(name: str) -> str:
     """A safe flat file name from an uploaded one: no folders, no traversal, no odd characters."""
     base = PureWindowsPath(PurePosixPath(str(name)).name).name  # drop any folder part, / or \
