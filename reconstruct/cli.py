@@ -37,7 +37,11 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def _setup_logging(verbose: int, quiet: bool):
+    """Configure the package's log handler; with `quiet`, no progress bars either.
+
+    Returns a function that undoes the progress-bar change, so that a caller running `main` in
+    process (tests, the benchmark script, the web app) does not keep bars off afterwards."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
@@ -48,8 +52,19 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     if quiet:
         # No progress bars: here by a new default of tqdm's constructor (tqdm reads TQDM_*
         # variables only when imported), in worker processes through the variable.
+        init, env = tqdm.__init__, os.environ.get("TQDM_DISABLE")
         tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
         os.environ["TQDM_DISABLE"] = "1"
+
+        def restore() -> None:
+            tqdm.__init__ = init
+            if env is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = env
+
+        return restore
+    return lambda: None
 
 
 HELP_WIDTH = 100
@@ -563,7 +578,7 @@ LOCKED_COMMANDS = frozenset({"run", "demo", "extract", "pairs", "match", "orient
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    restore_progress = _setup_logging(args.verbose, args.quiet)
     try:
         if args.command in LOCKED_COMMANDS:
             from .lock import output_lock
@@ -585,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        restore_progress()
 
 
 if __name__ == "__main__":

@@ -155,13 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, help="where runs are written (default: a temp folder)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
-    _setup_logging(0, args.quiet)
+    restore_progress = _setup_logging(0, args.quiet)
     work = args.work or Path(tempfile.mkdtemp(prefix="reconstruct-bench-"))
     results = []
-    for scene in args.scenes:
-        r = run_scene(scene, args, work)
-        results.append(r)
-        print(format_table(r), flush=True)
+    try:
+        for scene in args.scenes:
+            r = run_scene(scene, args, work)
+            results.append(r)
+            print(format_table(r), flush=True)
+    finally:
+        restore_progress()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
