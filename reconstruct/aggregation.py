@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import paths
 from .config import config_hash, option, to_dict
 from .storage import (
     GLOBAL_SCHEMA,
@@ -114,7 +115,7 @@ def compute_local_descriptors(
     output_dir: Path,
     config: LocalDescriptorConfig = LocalDescriptorConfig(),
     *,
-    file_name: str = "global.h5",
+    file_name: str = paths.GLOBAL,
 ) -> tuple[Path, list[str], np.ndarray]:
     """Write VLAD descriptors of `names` to ``output_dir/file_name``; return the path and the
     (names, (N, K*D) float32) of the images that have local features."""

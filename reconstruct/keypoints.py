@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from . import paths
 from .config import backend_settings, config_hash, option, to_dict
 from .errors import ConfigError, ImageReadError
 from .executors import batched
@@ -28,8 +29,6 @@ from .models.patch_matcher import PatchFeaturesConfig
 from .storage import FEATURES_SCHEMA, Header, ResultWriter, image_fingerprint
 
 logger = logging.getLogger(__name__)
-
-FEATURES_NAME = "features.h5"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,7 +253,7 @@ def extract_keypoints(
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     names = image_names if image_names is not None else list_images(image_dir)
     rotations = rotations or {}
-    path = output_dir / FEATURES_NAME
+    path = output_dir / paths.FEATURES
     weights: dict[str, str] = {}
     if config.extractor == "dinov2_patch":  # the weights file is part of the features' identity
         from .models.patch_matcher import resolve_patch_weights

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from . import paths
 from .config import backend_settings, config_hash, option, to_dict
 from .errors import ConfigError
 from .executors import batched
@@ -38,8 +39,6 @@ from .storage import (
 )
 
 logger = logging.getLogger(__name__)
-
-MATCHES_NAME = "matches.h5"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,7 +259,7 @@ def match_pairs(
 
     features_header = read_header(features_path, FEATURES_SCHEMA)
     extractor = features_header.config.get("extractor", "aliked")
-    path = Path(output_dir) / MATCHES_NAME
+    path = Path(output_dir) / paths.MATCHES
     header = Header(
         MATCHES_SCHEMA,
         to_dict(config),

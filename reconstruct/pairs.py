@@ -39,6 +39,7 @@ from typing import Literal
 
 import numpy as np
 
+from . import paths
 from .aggregation import LocalDescriptorConfig
 from .config import config_hash, option, to_dict
 from .errors import InputError, ModelWeightsError, StorageError
@@ -56,8 +57,6 @@ from .storage import (
 
 logger = logging.getLogger(__name__)
 
-PAIRS_NAME = "pairs.txt"
-REPORT_NAME = "pairs_report.json"
 
 Metric = Literal["cosine", "l1", "l2", "linf"]
 
@@ -545,7 +544,7 @@ def select_pairs(
         d = descriptors.astype(np.float64)
         cosine = np.einsum("ij,ij->i", d[idx0], d[idx1]) if named else np.zeros(0)
 
-    path = output_dir / PAIRS_NAME
+    path = output_dir / paths.PAIRS
     header = {
         "schema": PAIRS_SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -566,7 +565,7 @@ def select_pairs(
     report["retrieval_model"] = retrieval_model
     if retrieval_model == "local":
         report["rules"]["backbone"] = None
-    atomic_write_json(output_dir / REPORT_NAME, report)
+    atomic_write_json(output_dir / paths.PAIRS_REPORT, report)
     _log_report(report)
     return path
 

@@ -41,6 +41,10 @@ EVAL = "eval.json"
 """Metrics written by `reconstruct demo`."""
 VIZ = "viz"
 """Pictures written by `reconstruct viz`."""
+FRAMES = "frames"
+"""Frames kept from a video, named by timestamp (`reconstruct run VIDEO`)."""
+FRAMES_SUMMARY = "frames.json"
+"""Counts of the frame sampling, inside frames/."""
 
 
 def is_model_dir(path: Path) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from . import paths
 from .config import config_hash, option, to_dict
 from .errors import ImageReadError
 from .images import prefetch, read_image
@@ -36,7 +37,6 @@ from .storage import GLOBAL_SCHEMA, Header, ResultWriter, read_global_descriptor
 
 logger = logging.getLogger(__name__)
 
-GLOBAL_NAME = "global.h5"
 Pooling = Literal["max", "cls", "gem"]
 
 
@@ -193,7 +193,7 @@ def compute_global_descriptors(
     from .device import resolve_device
 
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    path = output_dir / GLOBAL_NAME
+    path = output_dir / paths.GLOBAL
     if model is None:
         from .models import dinov2
 

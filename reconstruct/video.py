@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import paths
 from .config import config_hash, option, to_dict
 from .errors import InputError, StaleOutputError, StorageError
 
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mts", ".m2ts", ".3gp", ".mpg", ".mpeg"}
 )
-SUMMARY_NAME = "frames.json"
 SCHEMA = "reconstruct.frames"
 SCHEMA_VERSION = 1
 
@@ -214,13 +214,13 @@ def extract_frames(
     """
     video_path = Path(video_path)
     output_dir = Path(output_dir)
-    frames_dir = output_dir / "frames"
+    frames_dir = output_dir / paths.FRAMES
     capture = _open(video_path)  # fail fast on bad input, before touching the output
     expected = int(max(capture.get(cv2.CAP_PROP_FRAME_COUNT), 0))
     capture.release()
     source = _source_id(video_path)
     chash = config_hash(config)
-    summary_path = frames_dir / SUMMARY_NAME
+    summary_path = frames_dir / paths.FRAMES_SUMMARY
     if frames_dir.exists():
         previous = _read_summary(summary_path)
         if (
@@ -248,7 +248,7 @@ def extract_frames(
             "config_hash": chash,
             "summary": asdict(summary),
         }
-        (tmp_dir / SUMMARY_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp_dir / paths.FRAMES_SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
         if frames_dir.exists():
             shutil.rmtree(frames_dir)
         tmp_dir.rename(frames_dir)
@@ -278,9 +278,11 @@ def _read_summary(path: Path) -> dict | None:
 
 def read_summary(frames_dir: Path) -> FrameSummary:
     """The FrameSummary stored by :func:`extract_frames` in `frames_dir`."""
-    data = _read_summary(Path(frames_dir) / SUMMARY_NAME)
+    data = _read_summary(Path(frames_dir) / paths.FRAMES_SUMMARY)
     if data is None:
-        raise StaleOutputError(f"{frames_dir} has no valid {SUMMARY_NAME}; re-run frame extraction")
+        raise StaleOutputError(
+            f"{frames_dir} has no valid {paths.FRAMES_SUMMARY}; re-run frame extraction"
+        )
     return FrameSummary(**data["summary"])
 
 

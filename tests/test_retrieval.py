@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from reconstruct import paths
 from reconstruct.config import override
 from reconstruct.errors import ConfigError, StaleOutputError
 from reconstruct.models import dinov2
 from reconstruct.retrieval import (
-    GLOBAL_NAME,
     DescriptorModel,
     RetrievalConfig,
     compute_global_descriptors,
@@ -138,7 +138,7 @@ def test_global_h5_contents_and_mixed_sizes(tmp_path):
     path, have, desc = compute_global_descriptors(
         tmp_path / "images", names, tmp_path / "out", config, model=model
     )
-    assert path == tmp_path / "out" / GLOBAL_NAME
+    assert path == tmp_path / "out" / paths.GLOBAL
     assert have == names and desc.shape == (5, 64) and desc.dtype == np.float32
     stored_names, stored = read_global_descriptors(path)
     assert stored_names == sorted(names)
