@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -71,21 +70,22 @@ HELP_WIDTH = 100
 ALL_STAGES = ("keypoints", "pairs", "matching", "orientation", "mapping", "export", "video")
 
 
-def _load_config(args):
-    from .config import parse_set, resolve_config_path
-    from .pipeline import load_config
+def _load_config(args, defaults: dict | None = None):
+    """The run's settings from --config and --set (and --strategy), over `defaults`."""
+    from .config import resolve_config_path
+    from .settings import load_config
 
     overrides = parse_set(args.set)
     if getattr(args, "strategy", None):
         overrides.setdefault("pairs", {})["strategy"] = args.strategy
     config_path = resolve_config_path(args.config) if args.config else None
-    return load_config(config_path, overrides)
+    return load_config(config_path, overrides, defaults=defaults)
 
 
 def _settings_epilog(*stages: str) -> str:
     """The settings of `stages` (all when none), one per entry, wrapped to HELP_WIDTH."""
     from .config import describe
-    from .pipeline import PipelineConfig
+    from .settings import PipelineConfig
 
     stages = stages or ALL_STAGES
     rows = [r for r in describe(PipelineConfig()) if r[0].split(".")[0] in stages]
@@ -124,6 +124,38 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True, device: bool = T
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
+def _stage_command(
+    sub,
+    name: str,
+    help: str,
+    stages: tuple[str, ...] = (),
+    *,
+    inputs: str | None = None,
+    images_help: str = "folder of photos",
+    output_help: str = "output folder",
+    executor: bool = False,
+    device: bool = True,
+) -> argparse.ArgumentParser:
+    """A subcommand with the settings of `stages` (all when empty) in its help, its inputs
+    (``"images"``: IMAGE_DIR -o OUTPUT; ``"output"``: the OUTPUT folder of earlier stages) and
+    the common options."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        epilog=_settings_epilog(*stages),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if inputs == "images":
+        p.add_argument("image_dir", type=Path, help=images_help)
+        p.add_argument("-o", "--output", type=Path, required=True, help=output_help)
+    elif inputs == "output":
+        p.add_argument("output", type=Path, help=output_help)
+    _common(p, device=device)
+    if executor:
+        _executor_args(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconstruct",
@@ -131,93 +163,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser(
+    _stage_command(
+        sub,
         "run",
-        help="all stages: extract, pairs, match, orient, map, export",
-        epilog=_settings_epilog(),
-        formatter_class=fmt,
+        "all stages: extract, pairs, orient, match, map, export",
+        inputs="images",
+        images_help="folder of photos, a video file, or a folder of videos",
+        executor=True,
     )
-    p.add_argument(
-        "image_dir", type=Path, help="folder of photos, a video file, or a folder of videos"
-    )
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    _common(p)
-    _executor_args(p)
-
-    p = sub.add_parser(
-        "demo",
-        help="reconstruct a built-in synthetic scene and score it",
-        epilog=_settings_epilog(),
-        formatter_class=fmt,
-    )
+    p = _stage_command(sub, "demo", "reconstruct a built-in synthetic scene and score it")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
     p.add_argument("--num-images", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    _common(p)
-
-    p = sub.add_parser(
-        "pairs",
-        help="stage 2: choose image pairs -> pairs.txt",
-        epilog=_settings_epilog("pairs"),
-        formatter_class=fmt,
+    p = _stage_command(
+        sub, "pairs", "stage 2: choose image pairs -> pairs.txt", ("pairs",), inputs="images"
     )
-    p.add_argument("image_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--strategy", help="shorthand for --set pairs.strategy=...")
-    _common(p)
-
-    p = sub.add_parser(
+    _stage_command(
+        sub,
         "extract",
-        help="stage 1: local features -> features.h5",
-        epilog=_settings_epilog("keypoints"),
-        formatter_class=fmt,
+        "stage 1: local features -> features.h5",
+        ("keypoints",),
+        inputs="images",
+        executor=True,
     )
-    p.add_argument("image_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
-    _common(p)
-    _executor_args(p)
-
-    p = sub.add_parser(
+    _stage_command(
+        sub,
         "match",
-        help="stage 3: match pairs.txt with features.h5 -> matches.h5",
-        epilog=_settings_epilog("matching"),
-        formatter_class=fmt,
+        "stage 4: match pairs.txt with features.h5 -> matches.h5",
+        ("matching",),
+        inputs="output",
+        output_help="output folder holding pairs.txt and features.h5",
+        executor=True,
     )
-    p.add_argument("output", type=Path, help="output folder holding pairs.txt and features.h5")
-    _common(p)
-    _executor_args(p)
-
-    p = sub.add_parser(
+    _stage_command(
+        sub,
         "orient",
-        help="stage 4: turn sideways images upright -> rotations.json (re-extracts, re-matches)",
-        epilog=_settings_epilog("orientation", "keypoints", "matching"),
-        formatter_class=fmt,
+        "stage 3: turn sideways images upright -> rotations.json (re-extracts turned images)",
+        ("orientation", "keypoints", "matching"),
+        inputs="images",
+        output_help="output folder of `pairs` (or of `match`: then turned pairs are re-matched)",
     )
-    p.add_argument("image_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder of `match`")
-    _common(p)
-
-    p = sub.add_parser(
+    _stage_command(
+        sub,
         "map",
-        help="stage 5: structure from motion -> sparse/",
-        epilog=_settings_epilog("mapping"),
-        formatter_class=fmt,
+        "stage 5: structure from motion -> sparse/",
+        ("mapping",),
+        inputs="images",
+        device=False,
     )
-    p.add_argument("image_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
-    _common(p, device=False)
-
-    p = sub.add_parser(
+    _stage_command(
+        sub,
         "export",
-        help="stage 6: largest model -> model/ (.bin, .txt), points.ply",
-        epilog=_settings_epilog("export"),
-        formatter_class=fmt,
+        "stage 6: largest model -> model/ (.bin, .txt), points.ply",
+        ("export",),
+        inputs="output",
+        output_help="output folder holding sparse/",
+        device=False,
     )
-    p.add_argument("output", type=Path, help="output folder holding sparse/")
-    _common(p, device=False)
+    _add_result_commands(sub)
+    _add_other_commands(sub)
+    return parser
 
+
+def _add_result_commands(sub) -> None:
+    """The commands that read a run's outputs or settings: eval, config, viz."""
+    fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("eval", help="score a model against ground-truth cameras")
     p.add_argument("model", type=Path, help="output folder, sparse/ folder or model folder")
     p.add_argument(
@@ -229,20 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="where to write the metrics (default: print only)")
     _common(p, config=False, device=False)
 
-    p = sub.add_parser(
-        "config",
-        help="print the resolved configuration",
-        epilog=_settings_epilog(),
-        formatter_class=fmt,
-    )
-    _common(p, device=False)
+    _stage_command(sub, "config", "print the resolved configuration", device=False)
 
     p = sub.add_parser("viz", help="pictures: matches of a pair, DINOv2 PCA, the sparse model")
     vsub = p.add_subparsers(dest="viz", required=True, metavar="WHAT")
     q = vsub.add_parser("matches", help="matches of a pair (RANSAC inliers green, outliers red)")
     q.add_argument("output", type=Path, help="output folder holding features.h5 and matches.h5")
-    q.add_argument("name0")
-    q.add_argument("name1")
+    q.add_argument(
+        "name0",
+        nargs="?",
+        help="the pair's images, right after OUTPUT (none: the pair with the most inliers)",
+    )
+    q.add_argument("name1", nargs="?")
+    q.add_argument(
+        "--worst",
+        action="store_true",
+        help="no names: the pair with the fewest inliers (of those with 8+ matches)",
+    )
     q.add_argument("--images", type=Path, help="image folder (default: the one in run.json)")
     q.add_argument("-o", "--png", type=Path, help="default: OUTPUT/viz/matches_NAME0_NAME1.png")
     q.add_argument("--max-lines", type=int, default=300, help="draw at most this many matches")
@@ -262,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--views", type=int, default=3)
     _common(q, config=False, device=False)
 
+
+def _add_other_commands(sub) -> None:
+    """Commands beside the reconstruction: point tracking, the web app, model weights."""
     p = sub.add_parser(
         "track",
         help="track points through a video -> tracked.mp4 + tracked.csv",
@@ -272,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--point", action="append", required=True, help="X,Y in pixels of the first frame"
     )
     p.add_argument("-o", "--output", type=Path, default=Path("tracked.mp4"))
-    p.add_argument("--method", choices=["flow", "dinov2"], default="flow")
+    p.add_argument(
+        "--method",
+        choices=["flow", "aliked", "dinov2"],
+        default="flow",
+        help="flow: Lucas-Kanade; aliked: ALIKED + LightGlue (local affine); dinov2: patches",
+    )
     _common(p, device=False)
 
     p = sub.add_parser("app", help="the web app (needs: pip install -e '.[app]')")
@@ -284,7 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="model weights: `reconstruct weights list`")
     p.add_argument("action", choices=["list"])
     _common(p, config=False, device=False)
-    return parser
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
@@ -301,11 +323,16 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_options(args) -> dict:
+    """The options every model stage takes from the command line."""
+    return {"device": args.device, "overwrite": args.overwrite}
+
+
 @contextlib.contextmanager
 def _executor(args):
     from .executors import make_executor
 
-    executor = make_executor(args.executor, address=args.ray_address)
+    executor = make_executor(args.executor, address=args.ray_address, device=args.device)
     try:
         yield executor
     finally:
@@ -314,31 +341,29 @@ def _executor(args):
 
 def _video_inputs(path: Path) -> list[Path]:
     """The videos to reconstruct: `path` itself, or the videos in a folder holding no photos."""
-    from .images import list_images
+    from .images import IMAGE_EXTENSIONS
     from .video import is_video
 
     if path.is_file() and is_video(path):
         return [path]
-    if path.is_dir() and not list_images(path):
-        return sorted(p for p in path.iterdir() if p.is_file() and is_video(p))
+    if path.is_dir():
+        # not list_images(): it raises on a folder without photos and warns about the videos
+        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
+            return sorted(p for p in path.iterdir() if p.is_file() and is_video(p))
     return []
 
 
 def _cmd_run(args) -> int:
     from .pipeline import run_pipeline
+    from .settings import VIDEO_DEFAULTS
 
-    config = _load_config(args)
     videos = _video_inputs(args.image_dir)
+    config = _load_config(args, defaults=VIDEO_DEFAULTS if videos else None)
     jobs = [(args.image_dir, args.output)]
     if videos:
         from .video import extract_frames, read_summary
 
-        if "strategy" not in parse_set(args.set).get("pairs", {}) and not getattr(
-            args, "strategy", None
-        ):
-            # Frames of a video overlap with their neighbours: match them in sequence.
-            pairs = dataclasses.replace(config.pairs, strategy="sequential")
-            config = dataclasses.replace(config, pairs=pairs)
         jobs = []
         for video in videos:
             out = args.output if len(videos) == 1 else args.output / video.stem
@@ -351,14 +376,7 @@ def _cmd_run(args) -> int:
             jobs.append((frames, out))
     with _executor(args) as executor:
         for image_dir, out in jobs:
-            summary = run_pipeline(
-                image_dir,
-                out,
-                config,
-                device=args.device,
-                overwrite=args.overwrite,
-                executor=executor,
-            )
+            summary = run_pipeline(image_dir, out, config, executor=executor, **_run_options(args))
             print(summary.format())
     return 0
 
@@ -390,9 +408,7 @@ def _cmd_demo(args) -> int:
     scene_dir = args.output / "scene"
     scene = make_scene(scene_dir, SceneConfig(num_images=args.num_images, seed=args.seed))
     logger.info("Synthetic scene with %d images in %s", len(scene.cameras), scene.image_dir)
-    summary = run_pipeline(
-        scene.image_dir, args.output, config, device=args.device, overwrite=args.overwrite
-    )
+    summary = run_pipeline(scene.image_dir, args.output, config, **_run_options(args))
     metrics = evaluate_reconstruction(args.output, scene.gt_path)
     from .storage import atomic_write_json
 
@@ -404,21 +420,14 @@ def _cmd_demo(args) -> int:
 
 def _cmd_pairs(args) -> int:
     from .pairs import select_pairs
+    from .pipeline import readable_images
 
     config = _load_config(args)
-    names = None
-    if (args.output / paths.FEATURES).is_file():  # as `run` does: skip unreadable images
-        from .storage import FeaturesReader
-
-        with FeaturesReader(args.output / paths.FEATURES) as f:
-            names = f.names()
+    features = args.output / paths.FEATURES
+    # as `run` does: skip unreadable images
+    names = readable_images(features) if features.is_file() else None
     path = select_pairs(
-        args.image_dir,
-        args.output,
-        config.pairs,
-        device=args.device,
-        overwrite=args.overwrite,
-        image_names=names,
+        args.image_dir, args.output, config.pairs, image_names=names, **_run_options(args)
     )
     print(path)
     return 0
@@ -438,11 +447,10 @@ def _cmd_extract(args) -> int:
             args.image_dir,
             args.output,
             config.keypoints,
-            device=args.device,
-            overwrite=args.overwrite,
             image_names=names,
             rotations=turns,
             executor=executor,
+            **_run_options(args),
         )
     print(path)
     return 0
@@ -458,9 +466,8 @@ def _cmd_match(args) -> int:
             args.output / paths.FEATURES,
             args.output,
             config.matching,
-            device=args.device,
-            overwrite=args.overwrite,
             executor=executor,
+            **_run_options(args),
         )
     print(path)
     return 0
@@ -474,13 +481,14 @@ def _cmd_orient(args) -> int:
         args.image_dir,
         args.output / paths.FEATURES,
         args.output / paths.PAIRS,
-        args.output / paths.MATCHES,
+        # before matching (the order `run` uses) nothing is matched twice; after it, the pairs
+        # of turned images are matched again
+        matches if (matches := args.output / paths.MATCHES).exists() else None,
         args.output,
         config.orientation,
         config.keypoints,
         config.matching,
-        device=args.device,
-        overwrite=args.overwrite,
+        **_run_options(args),
     )
     print(path)
     return 0
@@ -534,7 +542,13 @@ def _cmd_viz(args) -> int:
 
     if args.viz == "matches":
         path = viz.draw_matches(
-            args.images, args.output, args.name0, args.name1, args.png, max_lines=args.max_lines
+            args.images,
+            args.output,
+            args.name0,
+            args.name1,
+            args.png,
+            worst=args.worst,
+            max_lines=args.max_lines,
         )
     elif args.viz == "pca":
         from .device import resolve_device

@@ -88,3 +88,16 @@ class OutputNotADirectoryError(StorageError):
     """The output path, or one of its parents, is a file and not a folder."""
 
     exit_code = 11
+
+
+class RunCancelledError(ReconstructError):
+    """The run was cancelled through a `progress.CancelToken` (the app's Cancel button)."""
+
+    exit_code = 130  # as an interrupted command (Ctrl-C)
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        super().__init__(
+            f"cancelled during {stage or 'a stage'}: the items finished so far are kept; "
+            "run the same stage again to resume"
+        )

@@ -29,6 +29,14 @@ Metrics
   threshold (as IMC's ``register_by_Horn`` does). A GT image is correct at threshold ``t`` if its
   aligned centre is within ``t * scene extent`` of the GT centre; unregistered images are wrong.
   The fractions for ``center_thresholds`` (1%, 2%, 5%) are averaged into ``center_maa``.
+* **Per image** (:class:`ImageError`, worst first): after the alignment at the loosest centre
+  threshold (5 %), the distance of each aligned camera centre from its GT centre (GT units, and
+  as a fraction of the scene extent) and the angle between the aligned and the GT camera
+  rotation. The alignment maps model coordinates to GT ones, ``X_gt = s R X_est + t``, so the
+  aligned rotation of a camera is ``R_est R^T``. Rows are sorted by the larger of the two errors,
+  each in units of the loosest threshold of its metric (``rotation / max(thresholds_deg)`` and
+  ``centre / (max(center_thresholds) * extent)``), the largest first. Images that are not
+  registered come first, then those of models that cannot be aligned (no errors), then the rest.
 
   The **scene extent** is the largest distance of a GT camera centre from the mean of the GT
   centres (the radius of the camera cloud; unlike a bounding-box diagonal it does not depend on
@@ -48,7 +56,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -90,6 +98,26 @@ class ModelAlignment:
     """Per centre threshold, the assigned images whose aligned centre is close enough."""
 
 
+ImageStatus = Literal["aligned", "not registered", "not aligned"]
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """Absolute errors of one GT image after aligning its model to the GT (NaN unless aligned)."""
+
+    name: str
+    status: ImageStatus
+    """``not registered``: in no model; ``not aligned``: its model cannot be aligned."""
+    model: int | None
+    """Index of its model in the list given to :func:`evaluate` (None: not registered)."""
+    rotation_error_deg: float
+    """Angle between the aligned estimated and the GT camera rotation."""
+    center_error: float
+    """Distance of the aligned estimated centre from the GT centre, GT units."""
+    center_error_relative: float
+    """`center_error` as a fraction of the scene extent."""
+
+
 @dataclass(frozen=True)
 class PoseMetrics:
     """Accuracy of estimated models against ground truth; :meth:`to_dict` is JSON-ready."""
@@ -128,6 +156,8 @@ class PoseMetrics:
     models: tuple[ModelAlignment, ...]
     model_statistics: dict[str, Any] | None = field(default=None)
     """Whatever statistics the caller passed (points, track length, reprojection error...)."""
+    images: tuple[ImageError, ...] = ()
+    """Every GT image, worst first (see the module docstring)."""
 
     @property
     def registration_ratio(self) -> float:
@@ -166,6 +196,17 @@ class PoseMetrics:
                     for m in self.models
                 ],
                 "model_statistics": self.model_statistics,
+                "images": [
+                    {
+                        "name": e.name,
+                        "status": e.status,
+                        "model": e.model,
+                        "rotation_error_deg": e.rotation_error_deg,
+                        "center_error": e.center_error,
+                        "center_error_relative": e.center_error_relative,
+                    }
+                    for e in self.images
+                ],
             }
         )
 
@@ -218,31 +259,8 @@ def evaluate(
     coregistered = np.isfinite(errors)
     has_baseline = coregistered & ~np.isnan(pairs.translation)
 
-    # Camera centres: one robust alignment per model and threshold, as IMC's register_by_Horn.
     extent = poses.gt_extent
-    num_correct = np.zeros(len(center_thresholds), dtype=np.int64)
-    alignments = []
-    for m, model in enumerate(poses.models):
-        members = np.flatnonzero(poses.model_index == m)
-        src, dst = poses.est_centers[members], poses.gt_centers[members]
-        aligned = not (_is_degenerate(src) or _is_degenerate(dst))
-        correct = [0] * len(center_thresholds)
-        if aligned:
-            for k, t in enumerate(center_thresholds):
-                scale, rotation, translation = align_sim3(
-                    src, dst, inlier_threshold=t * extent, seed=seed
-                )
-                residuals = np.linalg.norm(scale * src @ rotation.T + translation - dst, axis=1)
-                correct[k] = int(np.sum(residuals < t * extent))
-        else:
-            logger.warning(
-                "model %d: cannot align its %d evaluated camera centres to the ground truth "
-                "(fewer than 3, or identical/collinear); they count as wrong",
-                m,
-                len(members),
-            )
-        num_correct += correct
-        alignments.append(ModelAlignment(len(model), len(members), aligned, tuple(correct)))
+    alignments, num_correct, image_errors = _align_centers(poses, center_thresholds, seed)
     center_accuracy = tuple(float(c) / len(gt) for c in num_correct)
 
     return PoseMetrics(
@@ -266,6 +284,9 @@ def evaluate(
         center_maa=float(np.mean(center_accuracy)),
         models=tuple(alignments),
         model_statistics=stats,
+        images=image_errors.rows(
+            poses, max(thresholds_deg), max(center_thresholds) * extent, extent
+        ),
     )
 
 
@@ -373,8 +394,9 @@ def align_sim3(
     return model
 
 
-def format_metrics(m: PoseMetrics) -> str:
-    """A few human-readable lines."""
+def format_metrics(m: PoseMetrics, *, max_images: int | None = 20) -> str:
+    """A few human-readable lines, then the per-image table (its first `max_images` rows, the
+    worst; None: all; the JSON output always has every row)."""
     plural = "s" if m.num_models != 1 else ""
     auc = ", ".join(f"@{t:g} {a:.3f}" for t, a in zip(m.auc_thresholds_deg, m.auc, strict=True))
     centres = ", ".join(
@@ -408,7 +430,36 @@ def format_metrics(m: PoseMetrics) -> str:
                 for k, v in m.model_statistics.items()
             )
         )
+    lines += format_image_errors(m.images, max_images)
     return "\n".join(lines)
+
+
+def format_image_errors(rows: Sequence[ImageError], max_rows: int | None = 20) -> list[str]:
+    """The per-image table as lines, worst first, cut after `max_rows` rows (None: all)."""
+    if not rows:
+        return []
+    shown = list(rows if max_rows is None else rows[:max_rows])
+    width = min(40, max(len("image"), *(len(r.name) for r in shown)))
+    lines = [
+        "per-image errors after aligning each model to the ground truth, worst first:",
+        f"  {'image':<{width}}  {'rotation':>11}  {'centre':>10}  {'of extent':>9}",
+    ]
+    for r in shown:
+        name = r.name if len(r.name) <= width else "..." + r.name[-(width - 3) :]
+        if r.status == "aligned":
+            values = (
+                f"{r.rotation_error_deg:>7.3f} deg  {r.center_error:>10.4g}  "
+                f"{100 * r.center_error_relative:>8.2f}%"
+            )
+        else:
+            model = f" (model {r.model})" if r.model is not None else ""
+            values = f"{r.status}{model}"
+        lines.append(f"  {name:<{width}}  {values}")
+    if len(rows) > len(shown):
+        lines.append(
+            f"  ... {len(rows) - len(shown)} more images (every image is in the JSON metrics)"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,6 +481,7 @@ class _Poses:
     model_extents: np.ndarray  # (M,) extent of each model's evaluated centres
     models: tuple[Mapping[str, CameraPose], ...]
     num_not_in_gt: int
+    gt_names: tuple[str, ...]  # sorted; the order of every array above
 
     @classmethod
     def build(
@@ -493,6 +545,7 @@ class _Poses:
             model_extents=extents,
             models=models,
             num_not_in_gt=len(not_in_gt),
+            gt_names=tuple(names),
         )
 
 
@@ -539,6 +592,96 @@ class _PairErrors:
                 out[key].append(value)
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
         return cls(cat["i"], cat["j"], cat["r"], cat["t"], cat["e"], cat["z"].astype(bool))
+
+
+class _ImageErrors:
+    """Per-image absolute errors, filled model by model (NaN until a model is aligned)."""
+
+    def __init__(self, n: int) -> None:
+        self.rotation = np.full(n, np.nan)
+        self.center = np.full(n, np.nan)
+
+    def record(
+        self, poses: _Poses, members: np.ndarray, rotation: np.ndarray, residuals: np.ndarray
+    ) -> None:
+        """Errors of the images `members` of one model aligned by `rotation` (est -> GT world),
+        whose aligned centres are `residuals` away from the GT ones."""
+        aligned = poses.est_rotations[members] @ rotation.T
+        rel = np.einsum("kji,kjl->kil", aligned, poses.gt_rotations[members])
+        self.rotation[members] = _rotation_angle_deg(rel)
+        self.center[members] = residuals
+
+    def rows(
+        self, poses: _Poses, rotation_unit: float, center_unit: float, extent: float
+    ) -> tuple[ImageError, ...]:
+        names = poses.gt_names
+        # Sort keys: 0 not registered, 1 not aligned, 2 aligned; then the larger error in units
+        # of the loosest threshold of its metric, largest first; then the name.
+        keyed = []
+        for i, name in enumerate(names):
+            m = int(poses.model_index[i])
+            rot, cen = float(self.rotation[i]), float(self.center[i])
+            if m < 0:
+                status: ImageStatus = "not registered"
+                key: tuple = (0, 0.0, name)
+            elif math.isnan(cen):
+                status, key = "not aligned", (1, 0.0, name)
+            else:
+                status = "aligned"
+                key = (2, -max(rot / rotation_unit, cen / max(center_unit, 1e-300)), name)
+            relative = cen / extent if extent > 0 else math.nan
+            row = ImageError(name, status, m if m >= 0 else None, rot, cen, relative)
+            keyed.append((key, row))
+        return tuple(row for _, row in sorted(keyed, key=lambda kr: kr[0]))
+
+
+def _align_centers(
+    poses: _Poses, center_thresholds: tuple[float, ...], seed: int
+) -> tuple[list[ModelAlignment], np.ndarray, _ImageErrors]:
+    """Camera centres: one robust alignment per model and threshold, as IMC's register_by_Horn.
+
+    Returns each model's alignment, the number of correct centres per threshold over all
+    models, and the per-image errors under the loosest threshold's alignment."""
+    num_correct = np.zeros(len(center_thresholds), dtype=np.int64)
+    alignments = []
+    image_errors = _ImageErrors(len(poses.gt_names))
+    for m, model in enumerate(poses.models):
+        members = np.flatnonzero(poses.model_index == m)
+        aligned, correct = _align_model(poses, m, members, center_thresholds, seed, image_errors)
+        num_correct += correct
+        alignments.append(ModelAlignment(len(model), len(members), aligned, tuple(correct)))
+    return alignments, num_correct, image_errors
+
+
+def _align_model(
+    poses: _Poses,
+    m: int,
+    members: np.ndarray,
+    center_thresholds: tuple[float, ...],
+    seed: int,
+    image_errors: _ImageErrors,
+) -> tuple[bool, list[int]]:
+    """Whether model `m` (its GT images `members`) can be aligned, and its correct centres per
+    threshold; its images' errors go to `image_errors`. Not aligned: a warning, none correct."""
+    extent = poses.gt_extent
+    src, dst = poses.est_centers[members], poses.gt_centers[members]
+    correct = [0] * len(center_thresholds)
+    if _is_degenerate(src) or _is_degenerate(dst):
+        logger.warning(
+            "model %d: cannot align its %d evaluated camera centres to the ground truth "
+            "(fewer than 3, or identical/collinear); they count as wrong",
+            m,
+            len(members),
+        )
+        return False, correct
+    loosest = int(np.argmax(center_thresholds))
+    for k, t in enumerate(center_thresholds):
+        scale, rotation, translation = align_sim3(src, dst, inlier_threshold=t * extent, seed=seed)
+        residuals = np.linalg.norm(scale * src @ rotation.T + translation - dst, axis=1)
+        correct[k] = int(np.sum(residuals < t * extent))
+        if k == loosest:
+            image_errors.record(poses, members, rotation, residuals)
+    return True, correct
 
 
 def _stack(cameras: Sequence[CameraPose], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -698,11 +841,18 @@ def load_ground_truth(gt_path: Path) -> dict[str, CameraPose]:
 
 def evaluate_reconstruction(model_path: Path, gt_path: Path) -> PoseMetrics:
     """Compare every model below `model_path` (a sparse folder, a model folder, or an output
-    folder of `reconstruct run`) with the ground truth."""
+    folder of `reconstruct run`, whose sparse/ is used, else its model/) with the ground truth."""
     from .export import model_dirs, model_statistics, read_all_poses
 
     model_path = Path(model_path)
+    if not model_path.is_dir():
+        raise InputError(
+            f"{model_path} is not a folder; pass the output folder of `reconstruct run`, its "
+            f"{paths.SPARSE}/ folder or a model folder"
+        )
     if (model_path / paths.SPARSE).is_dir():
         model_path = model_path / paths.SPARSE
+    elif paths.is_model_dir(model_path / paths.MODEL):
+        model_path = model_path / paths.MODEL
     stats = model_statistics(model_dirs(model_path)[0])
     return evaluate(load_ground_truth(gt_path), read_all_poses(model_path), model_statistics=stats)

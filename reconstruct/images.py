@@ -129,9 +129,11 @@ def prefetch(
     """Yield (item, fn(item)) in order while the next items are computed in threads.
 
     Exceptions raised by `fn` are yielded as values so the caller decides what to skip.
-    Image decoding (OpenCV releases the GIL) then overlaps with model inference.
+    Image decoding (OpenCV releases the GIL) then overlaps with model inference; with several
+    workers, so do inference calls (torch releases the GIL). `items` is consumed lazily, in
+    the calling thread, at most `lookahead` + 1 items ahead of the one yielded (so it may read
+    files that are not thread-safe, such as HDF5).
     """
-    items = list(items)
     if workers <= 0:
         for it in items:
             try:
@@ -149,13 +151,14 @@ def prefetch(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         queue: deque = deque()
         iterator = iter(items)
+        done = object()
         for it in iterator:
             queue.append((it, pool.submit(safe, it)))
             if len(queue) > lookahead:
                 break
         while queue:
             it, fut = queue.popleft()
-            nxt = next(iterator, None)
-            if nxt is not None:
+            nxt = next(iterator, done)
+            if nxt is not done:
                 queue.append((nxt, pool.submit(safe, nxt)))
             yield it, fut.result()

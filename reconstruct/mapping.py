@@ -1,4 +1,4 @@
-"""Stage 4: structure from motion with pycolmap (incremental by default, global as an option).
+"""Stage 5: structure from motion with pycolmap (incremental by default, global as an option).
 
 `run_mapping(image_dir, features_path, matches_path, output_dir, config)` builds a COLMAP
 database from the HDF5 files, runs geometric verification and the mapper, and writes every
@@ -10,6 +10,8 @@ COLMAP integer ids never leave them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -21,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tqdm import tqdm
+import numpy as np
 
 from . import paths
 from .config import option
 from .errors import ConfigError, MappingError
-from .gt import read_cameras_txt
+from .gt import read_cameras_txt, rotate_camera
+from .progress import progress
 from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_public, read_pairs
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,22 @@ logger = logging.getLogger(__name__)
 PP_MIN_IMAGES_PER_CAMERA = 5
 """A principal point is only well constrained by several images; measured on Herz-Jesu-P8
 (one camera, 8 images): AUC@5 0.942 with a fixed, 0.972 with a refined principal point."""
+
+PP_MAX_SHIFT = 0.03
+"""`refine_principal_point=auto` rejects a refined principal point further than this fraction of
+the longest image side from the centre. Lenses put it within 1-2% of the centre (Herz-Jesu-P8:
+16 px of 3072, 0.5%); a larger move is the principal point trading off against rotation, which
+with a narrow field of view costs almost no reprojection error (issue 11)."""
+
+PP_BIC_FACTOR = 2.0
+"""`auto` keeps a refined principal point only if the squared reprojection error drops by more
+than ``PP_BIC_FACTOR * ln(residuals)`` noise variances per refined parameter (the Bayesian
+information criterion, doubled: the residuals of one track are not independent, the same
+texture is detected in every view). A principal point that rotation can imitate barely lowers
+the error. Measured (evidence against the doubled penalty): Herz-Jesu-P8 77 > 37, kept (true
+principal point 16 px off-centre, AUC@5 0.972); synthetic ring with focal 2.4x the width 30 < 39,
+rejected (refining it: AUC@5 0.901, fixed: 0.980); points seen with focal 4.7x the width
+5.9 < 43, rejected (0.956 against 0.998)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,14 +74,21 @@ class MappingConfig:
     fix_intrinsics: bool = option(False, "keep known intrinsics fixed in bundle adjustment")
     refine_principal_point: Literal["auto", "always", "never"] = option(
         "auto",
-        "refine principal points in bundle adjustment; auto: only when every camera is shared "
-        f"by at least {PP_MIN_IMAGES_PER_CAMERA} images (COLMAP never does)",
+        "refine principal points; auto: map with them fixed (as COLMAP), then refine them in a "
+        f"final bundle adjustment when every camera has >= {PP_MIN_IMAGES_PER_CAMERA} images, "
+        "kept only if they stay near the centre and lower the error significantly; always: "
+        "refine throughout mapping",
     )
     min_matches: int = option(15, "pairs with fewer matches are not used")
     min_inliers: int = option(15, "pairs with fewer geometrically verified matches are dropped")
     ransac_max_error: float = option(4.0, "geometric verification RANSAC threshold, pixels")
     min_model_size: int = option(3, "smallest model (registered images) worth keeping")
     init_min_num_inliers: int = option(100, "inliers the initial image pair needs")
+    retry_relaxed_init: bool = option(
+        True,
+        "incremental: if not every image lands in one model, map once more with a relaxed "
+        "initialisation (a quarter of the inliers, half the angle) and keep the better result",
+    )
     random_seed: int = option(0, "seed for COLMAP's RANSAC and mapper (-1: random)")
     num_threads: int = option(-1, "threads for COLMAP (-1: all cores)", hashed=False)
 
@@ -113,6 +139,45 @@ def _is_fd(stream, fd: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- cameras
+
+QUARTER_TURN = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+"""Camera axes of an image turned a quarter counter-clockwise (`np.rot90`): x' = y, y' = -x."""
+
+
+def turn_keypoints(
+    xy: np.ndarray, size: tuple[int, int], k: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Keypoints (N, 2) of a `size` = (width, height) image, in COLMAP's pixel convention, in
+    the frame of the image turned by `k` counter-clockwise quarter turns (``np.rot90(img, k)``),
+    and the turned size. Each quarter maps (u, v) to (v, width - u)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    w, h = size
+    for _ in range(k % 4):
+        xy = np.stack([xy[:, 1], w - xy[:, 0]], axis=1)
+        w, h = h, w
+    return xy, (w, h)
+
+
+def turn_camera_params(
+    model: str, params, size: tuple[int, int], k: int
+) -> tuple[list[float], tuple[int, int]]:
+    """Parameters and (width, height) of camera `model` for its images turned by `k` quarter
+    turns (as :func:`turn_keypoints`): fx/fy and cx/cy swap, cy' = width - cx; radial
+    distortion is symmetric about the principal point and stays; OPENCV's tangential terms
+    become (p1', p2') = (-p2, p1)."""
+    p = [float(v) for v in params]
+    w, h = size
+    for _ in range(k % 4):
+        if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+            p[1], p[2] = p[2], w - p[1]
+        elif model in ("PINHOLE", "OPENCV"):
+            p[0], p[1], p[2], p[3] = p[1], p[0], p[3], w - p[2]
+            if model == "OPENCV":
+                p[6], p[7] = -p[7], p[6]
+        else:
+            raise ConfigError(f"turned images with camera model {model} are not supported")
+        w, h = h, w
+    return p, (w, h)
 
 
 def _camera_groups(
@@ -169,12 +234,16 @@ def build_database(
     matches_path: Path,
     config: MappingConfig,
     pairs: set[tuple[str, str]] | None = None,
-) -> tuple[int, list[str], list[int]]:
+) -> tuple[int, list[str], list[int], dict[str, int]]:
     """Write cameras, images, keypoints and matches into a new COLMAP database.
 
-    Only the pairs in `pairs` (unordered) are used when it is given: matches.h5 may hold pairs
-    of an earlier selection. Returns (number of pairs written, image names, number of images
-    of each camera).
+    Images extracted turned by the upright stage (feature attribute ``rotation``) go in upright:
+    their keypoints are turned into the upright frame, so portrait and landscape photos of one
+    camera share one COLMAP camera (COLMAP cameras have a fixed width and height) and its
+    intrinsics, principal point included, are refined from all of them. `to_file_frames` turns
+    the models back. Only the pairs in `pairs` (unordered) are used when it is given: matches.h5
+    may hold pairs of an earlier selection. Returns (number of pairs written, image names,
+    number of images of each camera, turn of every turned image).
     """
     import pycolmap
 
@@ -187,7 +256,17 @@ def build_database(
                 f"only {len(names)} readable images with features in {features_path}; "
                 "at least 2 are needed"
             )
-        sizes = {n: tuple(feats.attrs(n)["image_size"]) for n in names}
+        file_sizes = {n: tuple(feats.attrs(n)["image_size"]) for n in names}
+        turns = {n: int(feats.attrs(n).get("rotation", 0)) % 4 for n in names}
+        turns = {n: t for n, t in turns.items() if t}
+        sizes = {
+            n: turn_keypoints(np.zeros((0, 2)), file_sizes[n], turns.get(n, 0))[1] for n in names
+        }
+        # known intrinsics are given for the image files: turned into the upright frame
+        known = {
+            n: rotate_camera(c, turns[n], *file_sizes[n]) if n in turns else c
+            for n, c in known.items()
+        }
         unknown = sorted(set(known) - set(names))
         if known and len(unknown) == len(known):
             raise ConfigError(
@@ -219,7 +298,11 @@ def build_database(
                     frame.rig_id = rig_id
                     frame.add_data_id(pycolmap.data_t(sensor, image_id))
                     db.write_frame(frame)
-                    db.write_keypoints(image_id, feats.read(n).keypoints)
+                    keypoints = feats.read(n).keypoints
+                    if n in turns:
+                        xy, _ = turn_keypoints(keypoints, file_sizes[n], turns[n])
+                        keypoints = xy.astype(np.float32)
+                    db.write_keypoints(image_id, keypoints)
                     image_ids[n] = image_id
             num_pairs = 0
             with MatchesReader(matches_path) as matches:
@@ -235,7 +318,7 @@ def build_database(
                     num_pairs += 1
         finally:
             db.close()
-    return num_pairs, names, [len(m) for m in groups.values()]
+    return num_pairs, names, [len(m) for m in groups.values()], turns
 
 
 def verify_pairs(database_path: Path, config: MappingConfig) -> int:
@@ -260,13 +343,19 @@ def verify_pairs(database_path: Path, config: MappingConfig) -> int:
         db.close()
 
 
-def _incremental_options(pycolmap, config: MappingConfig, known: bool, refine_pp: bool):
+def _incremental_options(
+    pycolmap, config: MappingConfig, known: bool, refine_pp: bool, relaxed: bool = False
+):
     opts = pycolmap.IncrementalPipelineOptions()
     opts.min_num_matches = config.min_inliers
     opts.min_model_size = config.min_model_size
     opts.num_threads = config.num_threads
     opts.random_seed = config.random_seed
     opts.mapper.init_min_num_inliers = config.init_min_num_inliers
+    if relaxed:
+        opts.mapper.init_min_num_inliers = max(15, config.init_min_num_inliers // 4)
+        opts.mapper.init_min_tri_angle /= 2
+        opts.mapper.abs_pose_min_num_inliers = max(15, opts.mapper.abs_pose_min_num_inliers // 2)
     if config.random_seed >= 0:
         opts.mapper.random_seed = config.random_seed
         opts.triangulation.random_seed = config.random_seed
@@ -303,14 +392,15 @@ def run_mapper(
     known_intrinsics: bool,
     refine_pp: bool,
     num_images: int,
+    relaxed: bool = False,
 ) -> list:
     """Run COLMAP's incremental or global mapper on a verified database; returns the models
     (pycolmap.Reconstruction), largest first."""
     import pycolmap
 
     if config.mapper == "incremental":
-        opts = _incremental_options(pycolmap, config, known_intrinsics, refine_pp)
-        bar = tqdm(total=num_images, desc="mapping", unit="img")
+        opts = _incremental_options(pycolmap, config, known_intrinsics, refine_pp, relaxed)
+        bar = progress(total=num_images, desc="mapping", unit="img")
 
         def on_init() -> None:
             bar.update(2)
@@ -335,6 +425,299 @@ def run_mapper(
             str(database_path), str(image_dir), str(raw_dir), options=opts
         )
     return sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
+
+
+def _shape(models: list, num_images: int) -> dict:
+    largest = models[0].num_reg_images() if models else 0
+    return {
+        "models": len(models),
+        "largest": largest,
+        "incomplete": not models or len(models) > 1 or largest < num_images,
+    }
+
+
+def _rank(models: list) -> tuple[int, int]:
+    """Better mapping results rank higher: more images in the largest model, then fewer models."""
+    return (models[0].num_reg_images() if models else 0, -len(models))
+
+
+def drop_duplicate_models(models: list) -> tuple[list, list[dict]]:
+    """Drop models whose registered images are all registered in a larger model (COLMAP's
+    mapper can start a new model from images it already placed): they add nothing. Returns the
+    kept models and what was dropped."""
+    kept, dropped, placed = [], [], set()
+    for i, rec in enumerate(models):
+        names = {im.name for im in rec.images.values() if im.has_pose}
+        if kept and names <= placed:
+            dropped.append({"index": i, "registered": len(names), "images": sorted(names)})
+            logger.info("Dropped model %d: its %d images are all in a larger model", i, len(names))
+            continue
+        kept.append(rec)
+        placed |= names
+    return kept, dropped
+
+
+def diagnose_split(database_path: Path, models: list, names: list[str], config) -> dict | None:
+    """Why the scene did not map into one model of every image, as far as the verified pairs
+    tell (None when it did): the verified pairs joining the models, and for images left out
+    whether any verified pair reached them. Logged as a warning."""
+    import pycolmap
+
+    model_of: dict[str, int] = {}
+    for i, rec in enumerate(models):
+        for im in rec.images.values():
+            if im.has_pose:
+                model_of.setdefault(im.name, i)
+    unregistered = sorted(set(names) - set(model_of))
+    if len(models) <= 1 and not unregistered:
+        return None
+    db = pycolmap.Database.open(str(database_path))
+    try:
+        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
+        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
+    finally:
+        db.close()
+    links: dict[tuple[int, int], list[int]] = {}
+    best_for: dict[str, int] = {}
+    for pair_id, count in zip(pair_ids, inliers, strict=True):
+        if count < config.min_inliers:
+            continue
+        a, b = (id_to_name[i] for i in pycolmap.pair_id_to_image_pair(pair_id))
+        for n in (a, b):
+            best_for[n] = max(best_for.get(n, 0), int(count))
+        if a in model_of and b in model_of and model_of[a] != model_of[b]:
+            key = tuple(sorted((model_of[a], model_of[b])))
+            links.setdefault(key, []).append(int(count))
+    reasons = []
+    for i in range(1, len(models)):
+        joined = [(k, v) for k, v in links.items() if i in k]
+        if not joined:
+            reasons.append(f"no verified pair joins model {i} to another model")
+        else:
+            total = sum(len(v) for _, v in joined)
+            top = max(max(v) for _, v in joined)
+            reasons.append(
+                f"model {i} is joined to the others by {total} verified pairs (at most {top} "
+                "inliers), too weak to register across"
+            )
+    isolated = [n for n in unregistered if n not in best_for]
+    weak = [n for n in unregistered if n in best_for]
+    if isolated:
+        reasons.append(
+            f"{len(isolated)} images have no verified pair (>= {config.min_inliers} inliers), "
+            f"e.g. {isolated[0]}: too few matches with any other image"
+        )
+    if weak:
+        reasons.append(
+            f"{len(weak)} images have verified pairs (at most "
+            f"{max(best_for[n] for n in weak)} inliers) but could not be registered, e.g. "
+            f"{weak[0]}: too few 2D-3D correspondences"
+        )
+    split = {
+        "models": len(models),
+        "unregistered": unregistered,
+        "links": [
+            {"models": list(k), "verified_pairs": len(v), "max_inliers": max(v)}
+            for k, v in sorted(links.items())
+        ],
+        "reasons": reasons,
+    }
+    logger.warning(
+        "The scene did not map into one model of every image: %d model(s), %d image(s) left "
+        "out. %s",
+        len(models),
+        len(unregistered),
+        "; ".join(reasons),
+    )
+    return split
+
+
+FOCAL_OUTLIER_FACTOR = 1.6
+"""A camera's focal length (relative to its image size) this many times away from the scene's
+median is reported (sacre_coeur, auto cameras: 801 to 2,850 px for ~1,000 px photos)."""
+
+
+def check_focal_lengths(rec) -> list[dict]:
+    """Cameras of `rec` whose focal length, relative to the longest image side, is more than
+    `FOCAL_OUTLIER_FACTOR` away from the median over its cameras (3 or more cameras), or whose
+    field of view is implausible (focal below 0.3 or above 10 times the image size)."""
+    rows = []
+    users: dict[int, list[str]] = {}
+    for im in rec.images.values():
+        if im.has_pose:
+            users.setdefault(im.camera_id, []).append(im.name)
+    for camera_id, image_names in users.items():
+        c = rec.cameras[camera_id]
+        rows.append(
+            (camera_id, float(np.mean([c.focal_length_x, c.focal_length_y])), c, image_names)
+        )
+    if not rows:
+        return []
+    median = float(np.median([f / max(c.width, c.height) for _, f, c, _ in rows]))
+    out = []
+    for camera_id, f, c, image_names in rows:
+        ratio = f / max(c.width, c.height)
+        off = max(ratio / median, median / ratio)
+        if (len(rows) >= 3 and off > FOCAL_OUTLIER_FACTOR) or not 0.3 <= ratio <= 10:
+            out.append(
+                {
+                    "camera_id": camera_id,
+                    "images": sorted(image_names),
+                    "focal_px": round(f, 1),
+                    "focal_over_size": round(ratio, 3),
+                    "times_median": round(ratio / median, 3),
+                }
+            )
+    if out:
+        logger.warning(
+            "%d camera(s) with an unusual focal length (median %.2f x the image size): %s. A "
+            "crop or zoom is possible; otherwise pass intrinsics or use camera_mode=single",
+            len(out),
+            median,
+            ", ".join(f"{r['images'][0]} {r['focal_over_size']:.2f}x" for r in out[:5]),
+        )
+    return out
+
+
+def squared_reprojection_error(rec) -> tuple[float, int]:
+    """(sum of squared reprojection errors in px², number of residuals = 2 per observation)."""
+    total, count = 0.0, 0
+    for image in rec.images.values():
+        if not image.has_pose:
+            continue
+        observed = image.get_observation_points2D()
+        if not len(observed):
+            continue
+        xy = np.array([p.xy for p in observed])
+        xyz = np.array([rec.points3D[p.point3D_id].xyz for p in observed])
+        projected = image.camera.img_from_cam(image.cam_from_world() * xyz, False)
+        total += float(np.sum((projected - xy) ** 2))
+        count += 2 * len(xy)
+    return total, count
+
+
+def refine_principal_points(rec, config: MappingConfig) -> dict:
+    """The `auto` principal-point policy, on a model mapped with principal points fixed.
+
+    Two global bundle adjustments from the same start, one with principal points fixed and one
+    with them refined. The refined model replaces `rec` (in place) only if every principal point
+    stays within `PP_MAX_SHIFT` of its image centre and the squared error drops by more than the
+    BIC penalty (`PP_BIC_FACTOR`); otherwise `rec` gets the fixed one. The model's registered
+    images and its count cannot change, so this never splits a model. Returns the evidence.
+    """
+    import pycolmap
+
+    counts: dict[int, int] = {}
+    for image in rec.images.values():
+        if image.has_pose:
+            counts[image.camera_id] = counts.get(image.camera_id, 0) + 1
+    report: dict = {"tried": False, "accepted": False, "images_per_camera": min(counts.values())}
+    if min(counts.values()) < PP_MIN_IMAGES_PER_CAMERA:
+        report["reason"] = f"a camera has fewer than {PP_MIN_IMAGES_PER_CAMERA} images"
+        return report
+
+    def adjust(model, refine_pp: bool):
+        opts = pycolmap.BundleAdjustmentOptions()
+        opts.refine_principal_point = refine_pp
+        opts.print_summary = False
+        pycolmap.bundle_adjustment(model, opts)
+        return model
+
+    fixed = adjust(pycolmap.Reconstruction(rec), False)
+    free = adjust(pycolmap.Reconstruction(fixed), True)
+    error_fixed, residuals = squared_reprojection_error(fixed)
+    error_free, _ = squared_reprojection_error(free)
+    parameters = 2 * len(counts)
+    noise = error_free / max(1, residuals - parameters)
+    evidence = (error_fixed - error_free) / max(noise, 1e-12)
+    penalty = PP_BIC_FACTOR * parameters * float(np.log(max(residuals, 2)))
+    shifts = {}
+    for camera_id in counts:
+        c = free.cameras[camera_id]
+        shift = np.hypot(c.principal_point_x - c.width / 2, c.principal_point_y - c.height / 2)
+        shifts[camera_id] = float(shift / max(c.width, c.height))
+    report.update(
+        tried=True,
+        rms_fixed=float(np.sqrt(error_fixed / max(residuals, 1))),
+        rms_refined=float(np.sqrt(error_free / max(residuals, 1))),
+        evidence=float(evidence),
+        penalty=penalty,
+        max_shift=max(shifts.values()),
+    )
+    if max(shifts.values()) > PP_MAX_SHIFT:
+        report["reason"] = f"a principal point moved more than {PP_MAX_SHIFT:.0%} of the image"
+    elif evidence <= penalty:
+        report["reason"] = "refining it does not lower the error significantly"
+    else:
+        report.update(accepted=True, reason="kept: near the centre and significantly better")
+    best = free if report["accepted"] else fixed
+    for camera_id, camera in best.cameras.items():
+        rec.cameras[camera_id].params = camera.params
+    for frame_id, frame in best.frames.items():
+        if frame.has_pose:
+            rec.frames[frame_id].rig_from_world = frame.rig_from_world
+    for point3D_id, point in best.points3D.items():
+        rec.points3D[point3D_id].xyz = point.xyz
+    rec.update_point_3d_errors()
+    return report
+
+
+def to_file_frames(rec, turns: dict[str, int], image_dir: Path | None = None):
+    """The model `rec`, mapped with turned images upright (see `build_database`), in the frames
+    of the image files: each turned image gets the camera of its shared camera turned back
+    (`turn_camera_params`, exact), a pose turned about the optical axis and its 2D points turned
+    back; nothing else changes (3D points, tracks and errors are the same). Returns (the model,
+    ``{derived camera id: (shared camera id, quarter turns)}``); `rec` itself when no
+    registered image is turned. With `image_dir`, point colours are read again from the files.
+    """
+    import pycolmap
+
+    if not any(turns.get(im.name, 0) for im in rec.images.values()):
+        return rec, {}
+    out = pycolmap.Reconstruction()
+    for camera in rec.cameras.values():
+        out.add_camera_with_trivial_rig(camera)
+    next_id = max(rec.cameras) + 1
+    derived: dict[tuple[int, int], int] = {}
+    for image in rec.images.values():
+        back = -turns.get(image.name, 0) % 4  # the file is the upright image turned by -turn
+        camera_id = image.camera_id
+        xy = np.array([p.xy for p in image.points2D], dtype=np.float64).reshape(-1, 2)
+        if back:
+            camera = rec.cameras[camera_id]
+            size = (camera.width, camera.height)
+            if (camera_id, back) not in derived:
+                params, (w, h) = turn_camera_params(camera.model.name, camera.params, size, back)
+                turned = pycolmap.Camera(
+                    camera_id=next_id,
+                    model=camera.model,
+                    width=w,
+                    height=h,
+                    params=params,
+                    has_prior_focal_length=camera.has_prior_focal_length,
+                )
+                out.add_camera_with_trivial_rig(turned)
+                derived[(camera_id, back)] = next_id
+                next_id += 1
+            xy, _ = turn_keypoints(xy, size, back)
+            camera_id = derived[(camera_id, back)]
+        points2D = pycolmap.Point2DList([pycolmap.Point2D(p) for p in xy])
+        new = pycolmap.Image(
+            name=image.name, points2D=points2D, camera_id=camera_id, image_id=image.image_id
+        )
+        if image.has_pose:
+            pose = image.cam_from_world()
+            if back:
+                axes = np.linalg.matrix_power(QUARTER_TURN, back)
+                pose = pycolmap.Rigid3d(pycolmap.Rotation3d(axes), np.zeros(3)) * pose
+            out.add_image_with_trivial_frame(new, pose)
+        else:
+            out.add_image_with_trivial_frame(new)
+    for point3D_id, point in rec.points3D.items():
+        out.add_point3D_with_id(point3D_id, point)
+    if image_dir is not None:
+        out.extract_colors_for_all_images(str(image_dir))
+    return out, {new: key for key, new in derived.items()}
 
 
 def write_models(models: list, sparse_dir: Path, summary: dict) -> None:
@@ -375,13 +758,14 @@ def run_mapping(
     selected = None
     if pairs_path is not None:
         selected = {tuple(sorted(p)) for p in read_pairs(pairs_path)}
-    num_pairs, names, camera_sizes = build_database(
+    num_pairs, names, camera_sizes, turns = build_database(
         database_path, features_path, matches_path, config, selected
     )
-    refine_pp = config.refine_principal_point == "always" or (
-        config.refine_principal_point == "auto" and min(camera_sizes) >= PP_MIN_IMAGES_PER_CAMERA
-    )
-    if known_fixed := (bool(config.intrinsics) and config.fix_intrinsics):
+    # `auto` refines after mapping (refine_principal_points), never during it.
+    refine_pp = config.refine_principal_point == "always"
+    known_fixed = bool(config.intrinsics) and config.fix_intrinsics
+    refine_after = config.refine_principal_point == "auto" and not known_fixed
+    if known_fixed:
         refine_pp = False
     logger.debug("Refine principal points: %s (fixed intrinsics: %s)", refine_pp, known_fixed)
     if config.random_seed >= 0:
@@ -403,17 +787,63 @@ def run_mapping(
             models = run_mapper(
                 database_path, image_dir, tmp_dir / "raw", config, known, refine_pp, len(names)
             )
+            retry = None
+            if (
+                config.retry_relaxed_init
+                and config.mapper == "incremental"
+                and _shape(models, len(names))["incomplete"]
+            ):
+                # One more mapping run at most, only for scenes that did not map whole.
+                shutil.rmtree(tmp_dir / "raw", ignore_errors=True)
+                again = run_mapper(
+                    database_path,
+                    image_dir,
+                    tmp_dir / "raw",
+                    config,
+                    known,
+                    refine_pp,
+                    len(names),
+                    relaxed=True,
+                )
+                retry = {"before": _shape(models, len(names)), "after": _shape(again, len(names))}
+                retry["kept"] = _rank(again) > _rank(models)
+                if retry["kept"]:
+                    models = again
+                logger.info("Relaxed initialisation: %s", retry)
+            models, duplicates = drop_duplicate_models(models)
+            pp_reports = [
+                refine_principal_points(m, config)
+                if refine_after
+                else {"tried": False, "accepted": False}
+                for m in models
+            ]
+            # Turned images were mapped upright, sharing their camera; files and every reader
+            # of the models expect the frames of the image files.
+            converted = [to_file_frames(m, turns, image_dir) for m in models]
         if not models:
             raise MappingError(
                 f"COLMAP could not build any model: {len(names)} images, {num_pairs} matched "
                 f"pairs, {num_verified} verified pairs, min_model_size={config.min_model_size}. "
                 f"See {log_path}. Try more keypoints, more pairs, or known intrinsics."
             )
+        models = [m for m, _ in converted]
+        split = diagnose_split(database_path, models, names, config)
+        focal = check_focal_lengths(models[0])
         summary = {
             "num_images": len(names),
             "pairs_used": num_pairs,
             "pairs_verified": num_verified,
-            "refine_principal_point": refine_pp,
+            "refine_principal_point": refine_pp or any(r["accepted"] for r in pp_reports[:1]),
+            "principal_point": pp_reports,
+            "turned_images": len(turns),
+            "turned_cameras": [
+                {str(new): {"camera_id": old, "quarter_turns": k} for new, (old, k) in d.items()}
+                for _, d in converted
+            ],
+            "relaxed_init_retry": retry,
+            "duplicate_models_dropped": duplicates,
+            "split": split,
+            "focal_outliers": focal,
             "seconds": time.perf_counter() - start,
         }
         write_models(models, tmp_dir, summary)
@@ -430,77 +860,52 @@ def run_mapping(
         len(names),
         time.perf_counter() - start,
     )
+    if config.intrinsics is not None and _shape(models, len(names))["incomplete"]:
+        _fall_back_without_prior(
+            image_dir, features_path, matches_path, output_dir, config, pairs_path, models
+        )
     return sparse_dir
 
 
-def run_colmap_sift(
-    image_dir: Path,
-    output_dir: Path,
-    *,
-    intrinsics: Path | None = None,
-    fix_intrinsics: bool = False,
-    random_seed: int = 0,
-) -> tuple[Path, dict[str, float]]:
-    """COLMAP's own pipeline through pycolmap, as a baseline: SIFT extraction, exhaustive
-    matching with verification, incremental mapping. Returns (sparse folder, seconds per stage).
-
-    With `intrinsics` (gt-format file), all images share one PINHOLE camera with the
-    parameters of the first listed image, as the COLMAP command line does with
-    `--ImageReader.single_camera 1 --ImageReader.camera_params`.
-    """
-    import pycolmap
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    database_path = output_dir / paths.DATABASE
-    database_path.unlink(missing_ok=True)
-    log_path = output_dir / paths.COLMAP_LOG
-    timings: dict[str, float] = {}
-    reader = pycolmap.ImageReaderOptions()
-    camera_mode = pycolmap.CameraMode.AUTO
-    if intrinsics is not None:
-        first = next(iter(read_cameras_txt(intrinsics).values()))
-        reader.camera_model = "PINHOLE"
-        reader.camera_params = f"{first.fx},{first.fy},{first.cx},{first.cy}"
-        camera_mode = pycolmap.CameraMode.SINGLE
-    if random_seed >= 0:
-        pycolmap.set_random_seed(random_seed)
-    with redirect_native_output(log_path):
-        t0 = time.perf_counter()
-        pycolmap.extract_features(
-            str(database_path),
-            str(image_dir),
-            camera_mode=camera_mode,
-            reader_options=reader,
-            device=pycolmap.Device.cpu,
-        )
-        timings["keypoints"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pycolmap.match_exhaustive(str(database_path), device=pycolmap.Device.cpu)
-        timings["matching"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        opts = pycolmap.IncrementalPipelineOptions()
-        opts.random_seed = random_seed
-        if intrinsics is not None and fix_intrinsics:
-            opts.ba_refine_focal_length = False
-            opts.ba_refine_extra_params = False
-            opts.mapper.abs_pose_refine_focal_length = False
-            opts.mapper.abs_pose_refine_extra_params = False
-        raw = output_dir / "raw"
-        shutil.rmtree(raw, ignore_errors=True)
-        models = pycolmap.incremental_mapping(
-            str(database_path), str(image_dir), str(raw), options=opts
-        )
-        timings["mapping"] = time.perf_counter() - t0
+def _fall_back_without_prior(
+    image_dir, features_path, matches_path, output_dir, config, pairs_path, models
+) -> None:
+    """Known intrinsics must never make the result worse than none (issue 11: on an untextured
+    ring they did). When the scene did not map whole with them, map once more without them and
+    keep that result if it ranks higher (`_rank`); mapping.json records the comparison."""
     sparse_dir = output_dir / paths.SPARSE
-    shutil.rmtree(sparse_dir, ignore_errors=True)
-    sparse_dir.mkdir()
-    ordered = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
-    for i, rec in enumerate(ordered):
-        (sparse_dir / str(i)).mkdir()
-        rec.write(str(sparse_dir / str(i)))
-    shutil.rmtree(raw, ignore_errors=True)
-    timings["total"] = sum(timings.values())
-    if not ordered:
-        raise MappingError(f"COLMAP's SIFT pipeline built no model for {image_dir}; see {log_path}")
-    return sparse_dir, timings
+    trial_dir = output_dir / ".without_prior"
+    shutil.rmtree(trial_dir, ignore_errors=True)
+    plain = dataclasses.replace(config, intrinsics=None, fix_intrinsics=False)
+    try:
+        trial = run_mapping(
+            image_dir, features_path, matches_path, trial_dir, plain, pairs_path=pairs_path
+        )
+        import pycolmap
+
+        others = [pycolmap.Reconstruction(str(d)) for d in sorted(trial.iterdir()) if d.is_dir()]
+        others.sort(key=lambda r: r.num_reg_images(), reverse=True)
+    except MappingError:
+        others = []
+    keep = _rank(others) > _rank(models)
+    comparison = {
+        "with_prior": list(_rank(models)),
+        "without_prior": list(_rank(others)),
+        "kept": "without_prior" if keep else "with_prior",
+    }
+    logger.warning(
+        "Known intrinsics: largest model %d image(s) in %d model(s); without them %d in %d; "
+        "keeping the result %s them",
+        _rank(models)[0],
+        -_rank(models)[1],
+        _rank(others)[0],
+        -_rank(others)[1],
+        "without" if keep else "with",
+    )
+    if keep:
+        paths.replace_dir(trial, sparse_dir)
+    summary_path = sparse_dir / paths.MAPPING_SUMMARY
+    summary = json.loads(summary_path.read_text())
+    summary["intrinsics_prior"] = comparison
+    atomic_write_json(summary_path, summary)
+    shutil.rmtree(trial_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Stage 3: match local features of the selected pairs (LightGlue, or mutual nearest neighbours).
+"""Stage 4: match local features of the selected pairs (LightGlue, mutual nearest neighbours, or
+the DINOv2 patch matcher of models/patch_matcher.py).
 
 `match_pairs(pairs_path, features_path, output_dir, config)` writes ``matches.h5`` and returns its
 path. Matches are stored once per unordered pair (name0 < name1) as uint32 (K, 2) indices; pairs
@@ -9,23 +10,27 @@ a mapping setting, so it can change without re-matching.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from . import paths
+from .accel import job_threads, resolve_jobs
 from .config import backend_settings, config_hash, option, to_dict
 from .errors import ConfigError
 from .executors import batched
+from .images import prefetch
 from .keypoints import turned_features
 from .models.patch_matcher import PatchMatchingConfig
+from .progress import progress
 from .storage import (
     FEATURES_SCHEMA,
     MATCHES_SCHEMA,
@@ -72,11 +77,18 @@ class MatchingConfig:
         used_when=("matcher", "lightglue"),
     )
     cache_size: int = option(128, "features of this many images kept in memory", hashed=False)
+    jobs: int = option(
+        0,
+        "pairs matched at once, each on one torch thread (0: one per CPU core; always 1 on CUDA)",
+        hashed=False,
+    )
     patch: PatchMatchingConfig = backend_settings(PatchMatchingConfig, "matcher", "dinov2_patch")
 
     def __post_init__(self) -> None:
         if not 0 < self.mnn_ratio <= 1:
             raise ValueError(f"mnn_ratio must be in (0, 1], got {self.mnn_ratio}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs must be 0 (auto) or positive, got {self.jobs}")
 
 
 class LightGlueMatcher:
@@ -95,7 +107,13 @@ class LightGlueMatcher:
                 depth_confidence=config.depth_confidence,
                 width_confidence=config.width_confidence,
                 filter_threshold=config.filter_threshold,
-                flash=device.type == "cuda",
+                # True on the CPU too: LightGlue passes it to the process-wide
+                # torch.backends.cuda.enable_flash_sdp, which also gates torch's fused CPU
+                # attention kernel; False sent self-attention to the unfused math path.
+                # Measured on 6 Herz-Jesu-P8 pairs, one thread, under load: 0.55 instead of
+                # 0.69 CPU s per pair, all 2701 matches identical (scripts/profile_lightglue.py;
+                # tests/test_matching.py checks the matches).
+                flash=True,
             )
             .eval()
             .to(device)
@@ -208,6 +226,13 @@ class _FeatureCache:
         return value
 
 
+def matching_jobs(config: MatchingConfig, device) -> int:
+    """Pairs matched at once (`accel.resolve_jobs`); the patch matcher runs one at a time."""
+    if config.matcher == "dinov2_patch":
+        return 1
+    return resolve_jobs(config.jobs, device)
+
+
 def match_item(matcher, get, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """Matches and scores of one pair, `get(name)` giving the matcher's input of an image.
 
@@ -255,8 +280,6 @@ def match_pairs(
     matched; the driver reads the features, sends them with each batch and writes the results,
     so the file is the same either way.
     """
-    from .device import resolve_device
-
     features_header = read_header(features_path, FEATURES_SCHEMA)
     extractor = features_header.config.get("extractor", "aliked")
     path = Path(output_dir) / paths.MATCHES
@@ -269,49 +292,10 @@ def match_pairs(
     raw_pairs = read_pairs(pairs_path)
     with FeaturesReader(features_path) as reader:
         available = set(reader.names())
-        failed = reader.failed()
-        pairs, missing = [], set()
-        for a, b in raw_pairs:
-            a, b, _ = canonical_pair(a, b)
-            for n in (a, b):
-                if n not in available:
-                    missing.add(n)
-            if a in available and b in available:
-                pairs.append((a, b))
-        pairs = sorted(set(pairs))
-        if missing:
-            unknown = sorted(missing - set(failed))
-            if unknown:
-                logger.warning(
-                    "%d images in %s have no features (not extracted): %s",
-                    len(unknown),
-                    pairs_path,
-                    ", ".join(unknown[:5]),
-                )
-            skipped_failed = sorted(missing & set(failed))
-            if skipped_failed:
-                logger.warning(
-                    "Skipping pairs of %d unreadable images: %s",
-                    len(skipped_failed),
-                    ", ".join(skipped_failed[:5]),
-                )
-        turns = {n: int(reader.attrs(n).get("rotation", 0)) for n in available}
-        # The image fingerprint each features item was extracted from (keypoints.py): a pair
-        # whose image was re-extracted since it was matched is matched again.
-        prints = {n: str(reader.attrs(n).get("fingerprint", "")) for n in available}
-
-        def current(pair: tuple[str, str]) -> bool:
-            # A pair is done only if it was matched with the features each image has now.
-            attrs = writer.attrs(pair)
-            return attrs is not None and (
-                int(attrs.get("rotation0", 0)),
-                int(attrs.get("rotation1", 0)),
-                str(attrs.get("fingerprint0", "")),
-                str(attrs.get("fingerprint1", "")),
-            ) == (turns[pair[0]], turns[pair[1]], prints[pair[0]], prints[pair[1]])
-
+        pairs = _usable_pairs(raw_pairs, available, reader.failed(), pairs_path)
+        state = _FeatureState(reader, available)
         with ResultWriter(path, header, overwrite=overwrite) as writer:
-            todo = [p for p in pairs if not current(p)]
+            todo = [p for p in pairs if not state.is_current(writer, p)]
             if not todo:
                 logger.info("All %d pairs already matched in %s", len(pairs), path)
                 return path
@@ -322,42 +306,17 @@ def match_pairs(
                 len(pairs) - len(todo),
             )
             start = time.perf_counter()
-            total = 0
-
-            def store(a: str, b: str, matches: np.ndarray, scores: np.ndarray) -> int:
-                writer.add(
-                    (a, b),
-                    {"matches": matches, "scores": scores},
-                    {
-                        "rotation0": turns[a],
-                        "rotation1": turns[b],
-                        "fingerprint0": prints[a],
-                        "fingerprint1": prints[b],
-                    },
-                )
-                return len(matches)
-
             if executor is not None and executor.kind != "local":
-                # The driver reads the features (one small LRU cache) and ships them with each
-                # batch, so workers need no access to features.h5.
-                raw = _FeatureCache(reader, lambda f: f, config.cache_size)
-
-                def payloads():
-                    for chunk in batched(todo, executor.match_batch):
-                        names = sorted({n for pair in chunk for n in pair})
-                        yield len(chunk), (chunk, {n: raw.get(n) for n in names})
-
-                with tqdm(total=len(todo), desc="matching", unit="pair") as bar:
-                    for results in executor.map(
-                        MatchWorker, (config, extractor, device), payloads(), progress=bar
-                    ):
-                        for (a, b), matches, scores in results:
-                            total += store(a, b, matches, scores)
+                results = _match_remote(todo, reader, config, extractor, device, executor)
             else:
-                matcher = build_matcher(config, extractor, resolve_device(device))
-                cache = _FeatureCache(reader, matcher.to_input, config.cache_size)
-                for a, b in tqdm(todo, desc="matching", unit="pair"):
-                    total += store(a, b, *match_item(matcher, cache.get, a, b))
+                results = _match_local(todo, reader, config, extractor, device)
+            total = 0
+            with contextlib.closing(results):
+                for a, b, matches, scores in results:
+                    writer.add(
+                        (a, b), {"matches": matches, "scores": scores}, state.pair_attrs(a, b)
+                    )
+                    total += len(matches)
             elapsed = time.perf_counter() - start
             logger.info(
                 "Matched %d pairs in %.1f s (%.3f s/pair, %.0f matches/pair on average)",
@@ -367,3 +326,124 @@ def match_pairs(
                 total / len(todo),
             )
     return path
+
+
+def _usable_pairs(
+    raw_pairs: list[tuple[str, str]], available: set[str], failed: list[str], pairs_path: Path
+) -> list[tuple[str, str]]:
+    """The canonical pairs whose two images have features, sorted; warns about the others."""
+    pairs, missing = [], set()
+    for a, b in raw_pairs:
+        a, b, _ = canonical_pair(a, b)
+        for n in (a, b):
+            if n not in available:
+                missing.add(n)
+        if a in available and b in available:
+            pairs.append((a, b))
+    pairs = sorted(set(pairs))
+    if missing:
+        unknown = sorted(missing - set(failed))
+        if unknown:
+            logger.warning(
+                "%d images in %s have no features (not extracted): %s",
+                len(unknown),
+                pairs_path,
+                ", ".join(unknown[:5]),
+            )
+        skipped_failed = sorted(missing & set(failed))
+        if skipped_failed:
+            logger.warning(
+                "Skipping pairs of %d unreadable images: %s",
+                len(skipped_failed),
+                ", ".join(skipped_failed[:5]),
+            )
+    return pairs
+
+
+class _FeatureState:
+    """The turn and image fingerprint of each image's features now, as a matched pair records."""
+
+    def __init__(self, reader: FeaturesReader, names: set[str]) -> None:
+        self.turns = {n: int(reader.attrs(n).get("rotation", 0)) for n in names}
+        # The image fingerprint each features item was extracted from (keypoints.py): a pair
+        # whose image was re-extracted since it was matched is matched again.
+        self.prints = {n: str(reader.attrs(n).get("fingerprint", "")) for n in names}
+
+    def is_current(self, writer: ResultWriter, pair: tuple[str, str]) -> bool:
+        """Whether `pair` is done: matched with the features each image has now."""
+        attrs = writer.attrs(pair)
+        return attrs is not None and (
+            int(attrs.get("rotation0", 0)),
+            int(attrs.get("rotation1", 0)),
+            str(attrs.get("fingerprint0", "")),
+            str(attrs.get("fingerprint1", "")),
+        ) == (self.turns[pair[0]], self.turns[pair[1]], self.prints[pair[0]], self.prints[pair[1]])
+
+    def pair_attrs(self, a: str, b: str) -> dict:
+        """The attributes stored with the matches of (a, b)."""
+        return {
+            "rotation0": self.turns[a],
+            "rotation1": self.turns[b],
+            "fingerprint0": self.prints[a],
+            "fingerprint1": self.prints[b],
+        }
+
+
+def _match_remote(
+    todo: list[tuple[str, str]],
+    reader: FeaturesReader,
+    config: MatchingConfig,
+    extractor: str,
+    device: str,
+    executor,
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name0, name1, matches, scores) of each pair of `todo`, matched by `executor`'s workers."""
+    # The driver reads the features (one small LRU cache) and ships them with each
+    # batch, so workers need no access to features.h5.
+    raw = _FeatureCache(reader, lambda f: f, config.cache_size)
+
+    def payloads():
+        for chunk in batched(todo, executor.match_batch):
+            names = sorted({n for pair in chunk for n in pair})
+            yield len(chunk), (chunk, {n: raw.get(n) for n in names})
+
+    with progress(total=len(todo), desc="matching", unit="pair") as bar:
+        for results in executor.map(
+            MatchWorker, (config, extractor, device), payloads(), progress=bar
+        ):
+            for (a, b), matches, scores in results:
+                yield a, b, matches, scores
+
+
+def _match_local(
+    todo: list[tuple[str, str]],
+    reader: FeaturesReader,
+    config: MatchingConfig,
+    extractor: str,
+    device: str,
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name0, name1, matches, scores) of each pair of `todo`, matched in this process."""
+    from .device import resolve_device
+
+    torch_device = resolve_device(device)
+    matcher = build_matcher(config, extractor, torch_device)
+    cache = _FeatureCache(reader, matcher.to_input, config.cache_size)
+    jobs = matching_jobs(config, torch_device)
+
+    def inputs():  # read here, in this thread: HDF5 reads are not thread-safe
+        for a, b in todo:
+            yield a, b, {a: cache.get(a), b: cache.get(b)}
+
+    def run(item):
+        a, b, data = item
+        return match_item(matcher, data.__getitem__, a, b)
+
+    if jobs > 1:
+        results = prefetch(run, inputs(), workers=jobs, lookahead=jobs)
+    else:
+        results = ((item, run(item)) for item in inputs())
+    with job_threads(jobs), contextlib.closing(results):
+        for (a, b, _), result in progress(results, total=len(todo), desc="matching", unit="pair"):
+            if isinstance(result, BaseException):
+                raise result
+            yield a, b, *result

@@ -1,4 +1,4 @@
-"""Upright stage between matching and mapping: turn images taken at 90, 180 or 270 degrees.
+"""Stage 3, upright: turn images taken at 90, 180 or 270 degrees (between pairs and matching).
 
 ALIKED-n16 and LightGlue are not rotation-invariant, so a photo taken upside down or in portrait
 without EXIF orientation matches its neighbours poorly (hloc's issue #362). Groups of images that
@@ -34,7 +34,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from . import paths
 from .config import config_hash, option, to_dict
@@ -42,6 +41,7 @@ from .errors import StorageError
 from .images import read_image
 from .keypoints import KeypointsConfig, extract_keypoints
 from .matching import MatchingConfig, match_pairs
+from .progress import progress
 from .storage import FeaturesReader, atomic_write_json, read_pairs
 
 logger = logging.getLogger(__name__)
@@ -213,12 +213,12 @@ def estimate_votes(
     names = sorted({n for p in pairs for n in p})
     feats = {
         n: _sift_features(Path(image_dir) / n, config)
-        for n in tqdm(names, desc="upright cue", unit="img")
+        for n in progress(names, desc="upright cue", unit="img")
     }
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     return [
         pair_vote(a, b, feats[a], feats[b], config, matcher)
-        for a, b in tqdm(pairs, desc="upright votes", unit="pair")
+        for a, b in progress(pairs, desc="upright votes", unit="pair")
     ]
 
 
@@ -229,7 +229,7 @@ def correct_orientation(
     image_dir: Path,
     features_path: Path,
     pairs_path: Path,
-    matches_path: Path,
+    matches_path: Path | None,
     output_dir: Path,
     config: OrientationConfig,
     keypoints_config: KeypointsConfig,
@@ -241,13 +241,17 @@ def correct_orientation(
     """Find the quarter turn of every image, write ``output_dir/rotations.json`` and bring the
     features and matches up to date with it (only turned images and their pairs are redone).
 
+    The cue needs pairs, not matches: run before matching (`matches_path` None), it extracts the
+    turned images again and leaves all matching to the matching stage, so nothing is matched
+    twice (the pipeline does this); run after matching, it re-matches the pairs whose turns
+    changed.
+
     Turns are counter-clockwise quarter turns applied before extraction (as `np.rot90`);
     keypoints stay in the frame of the image file. With ``config.enabled`` false every turn is
     0 (images extracted turned by an earlier run are extracted upright again). Returns the path
     of ``rotations.json``.
     """
-    image_dir, output_dir = Path(image_dir), Path(output_dir)
-    features_path, matches_path = Path(features_path), Path(matches_path)
+    image_dir, output_dir, features_path = Path(image_dir), Path(output_dir), Path(features_path)
     path = output_dir / paths.ROTATIONS
     with FeaturesReader(features_path) as feats:
         names = feats.names()
@@ -293,7 +297,10 @@ def correct_orientation(
         )
         if written != features_path:
             raise StorageError(f"features of {image_dir} went to {written}, not {features_path}")
+    if matches_path is None:
+        return path
     # Re-matches only pairs whose images' turns changed (nothing when none did).
+    matches_path = Path(matches_path)
     written = match_pairs(
         pairs_path, features_path, matches_path.parent, matching_config, device=device
     )

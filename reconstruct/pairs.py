@@ -1,10 +1,12 @@
-"""Stage 1: choose the image pairs to match, written to ``pairs.txt``.
+"""Stage 2: choose the image pairs to match, written to ``pairs.txt``.
 
 `select_pairs(image_dir, output_dir, config)` returns the path of the pairs file: one
 ``name0 name1 [score]`` line per unordered pair, name0 < name1, no duplicates, no self-pairs;
 the score is the cosine similarity of the two images' DINOv2 descriptors when they were computed.
 It also writes ``pairs_report.json`` (pairs kept against exhaustive, per-image degree, images that
-needed a fallback) and, for the strategies that use descriptors, ``global.h5``.
+needed a fallback) and, for the strategies that use descriptors, the global descriptors:
+``global.h5`` (DINOv2) or ``global-local.h5`` (local VLAD), one file per model so that switching
+models in one output folder needs no --overwrite and each resumes.
 
 Strategies (see docs/retrieval.md):
 
@@ -23,15 +25,19 @@ DINOv2 when its weights are on disk, else the local VLAD descriptor (one WARNING
 before any extraction when the pipeline calls it.
 
 The selection rules are pure functions of a similarity matrix (numpy only, no torch), computed
-in row blocks from the descriptors so scenes of any size never hold the N x N matrix.
+in row blocks from the descriptors so scenes of any size never hold the N x N matrix; the
+descriptors themselves are read from their file into a temporary memory map and used in blocks
+(:func:`descriptor_matrix`), so the memory held does not grow with the number of images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +48,14 @@ import numpy as np
 from . import paths
 from .aggregation import LocalDescriptorConfig
 from .config import config_hash, option, to_dict
-from .errors import InputError, ModelWeightsError, StorageError
+from .errors import InputError, StorageError
 from .images import list_images
-from .retrieval import RetrievalConfig
+from .retrieval import RetrievalConfig, resolve_retrieval_weights
 from .storage import (
     GLOBAL_SCHEMA,
     PAIRS_SCHEMA,
     SCHEMA_VERSION,
+    GlobalDescriptorsReader,
     atomic_write_json,
     read_header,
     read_pairs,
@@ -73,8 +80,10 @@ class PairsConfig:
     exhaustive_if_less: int = option(
         20, "scenes with fewer images get every pair (no model needed), whatever the strategy"
     )
+    # 10, not hloc's 20: a pair is kept when either image keeps it, so 20 is 89% of the pairs of
+    # a 25-image scene (Herz-Jesu-P25, local VLAD) and 10 is 46%; see docs/retrieval.md.
     top_k: int | None = option(
-        20, "retrieval: each image keeps at most this many most similar images (None: no cap)"
+        10, "retrieval: each image keeps at most this many most similar images (None: no cap)"
     )
     metric: Metric = option(
         "cosine",
@@ -142,6 +151,12 @@ class PairsConfig:
 # ----------------------------------------------------------------------------- similarity
 
 
+SCORE_BUDGET = 1 << 22
+"""Scores (float64, 32 MB) held at once: a row block has SCORE_BUDGET // N rows (at most 1,024)."""
+COLUMN_BUDGET = 1 << 22
+"""Descriptor entries (float64, 32 MB) a memory-mapped matrix is read in at once."""
+
+
 class PairScores:
     """Pairwise similarity of N images (higher = more similar), served in row blocks.
 
@@ -171,20 +186,50 @@ class PairScores:
 
     @classmethod
     def from_descriptors(
-        cls, descriptors: np.ndarray, metric: str = "cosine", *, block: int = 1024
+        cls, descriptors: np.ndarray, metric: str = "cosine", *, block: int | None = None
     ) -> PairScores:
-        """Scores of L2-normalised descriptors (N, D) under `metric`."""
-        d = np.asarray(descriptors, np.float64)
+        """Scores of L2-normalised descriptors (N, D) under `metric`.
+
+        `descriptors` may be a memory map (:func:`descriptor_matrix`): it is then read in row
+        and column blocks, so what is held at once is bounded whatever N. Row blocks hold at
+        most SCORE_BUDGET scores (`block` rows if given).
+        """
+        if isinstance(descriptors, np.memmap):
+            d = descriptors
+        else:
+            d = np.asarray(descriptors, np.float64)
         if d.ndim != 2:
             raise ValueError(f"descriptors must be (N, D), got {d.shape}")
+        n, dim = d.shape
+        if block is None:
+            block = max(1, min(1024, SCORE_BUDGET // max(1, n)))
         if metric == "cosine":
-            return cls(len(d), lambda a, b: d[a:b] @ d.T, block=block)
-        from scipy.spatial.distance import cdist
 
-        name = {"l1": "cityblock", "l2": "euclidean", "linf": "chebyshev"}.get(metric)
-        if name is None:
-            raise ValueError(f"unknown metric {metric!r}")
-        return cls(len(d), lambda a, b: -cdist(d[a:b], d, name), block=block)
+            def score(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+                return x @ y.T
+
+        else:
+            from scipy.spatial.distance import cdist
+
+            name = {"l1": "cityblock", "l2": "euclidean", "linf": "chebyshev"}.get(metric)
+            if name is None:
+                raise ValueError(f"unknown metric {metric!r}")
+
+            def score(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+                return -cdist(x, y, name)
+
+        cols = max(1, COLUMN_BUDGET // max(1, dim))
+
+        def rows(a: int, b: int) -> np.ndarray:
+            x = np.asarray(d[a:b], np.float64)
+            if n <= cols:
+                return score(x, np.asarray(d, np.float64))
+            out = np.empty((b - a, n))
+            for c in range(0, n, cols):
+                out[:, c : c + cols] = score(x, np.asarray(d[c : c + cols], np.float64))
+            return out
+
+        return cls(n, rows, block=block)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Scores of rows start..stop-1 against every image, (stop - start, N) float64."""
@@ -451,16 +496,7 @@ def check_models(config: PairsConfig, image_count: int) -> dict:
     model = resolve_retrieval_model(config)
     if model == "local":
         return {"retrieval_model": "local", "weights": None}
-    from .models import dinov2
-
-    r = config.retrieval
-    try:
-        path = dinov2.resolve_weights(r.backbone, r.weights, download=r.download)
-    except ModelWeightsError as e:
-        raise ModelWeightsError(
-            f"{e}\n  - or use the descriptor that needs no download: "
-            "--set pairs.retrieval.model=local"
-        ) from e
+    path, _ = resolve_retrieval_weights(config.retrieval)  # its errors name the alternatives
     return {"retrieval_model": "dinov2", "weights": str(path)}
 
 
@@ -473,101 +509,204 @@ def select_pairs(
     overwrite: bool = False,
     image_names: list[str] | None = None,
     features: Path | None = None,
+    executor=None,
 ) -> Path:
-    """Write ``output_dir/pairs.txt`` (and ``pairs_report.json``, and ``global.h5`` when
-    descriptors are needed) for the images in `image_dir`; return the pairs file's path."""
+    """Write ``output_dir/pairs.txt`` (and ``pairs_report.json``, and the global descriptors
+    when they are needed) for the images in `image_dir`; return the pairs file's path.
+
+    `executor` (from `executors.make_executor`) computes DINOv2 descriptors; None computes them
+    here. The local descriptor aggregates features already on disk and always runs here."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     names = sorted(set(image_names if image_names is not None else list_images(image_dir)))
-    n = len(names)
-    strategy = config.strategy
-    if strategy != "exhaustive" and n < config.exhaustive_if_less:
+    strategy = _strategy_used(config, len(names))
+    order = sorted(names, key=natural_key) if strategy == "sequential" else names
+    desc = _global_descriptors(
+        strategy,
+        order,
+        image_dir,
+        output_dir,
+        config,
+        features=features,
+        device=device,
+        overwrite=overwrite,
+        executor=executor,
+    )
+    sel, named, cosine = _choose_pairs(strategy, desc, config, output_dir)
+    path = output_dir / paths.PAIRS
+    _write_pairs_file(path, named, cosine, config, len(names), sel, desc)
+    report = _report(names, desc.order, named, sel, config, desc.unreadable, desc.path)
+    report["retrieval_model"] = desc.model
+    if desc.model == "local":
+        report["rules"]["backbone"] = None
+    atomic_write_json(output_dir / paths.PAIRS_REPORT, report)
+    _log_report(report)
+    return path
+
+
+def _strategy_used(config: PairsConfig, n: int) -> str:
+    """`config.strategy`, or ``exhaustive`` (logged) for fewer than `exhaustive_if_less` images."""
+    if config.strategy != "exhaustive" and n < config.exhaustive_if_less:
         logger.info(
             "%d images (< pairs.exhaustive_if_less=%d): matching every pair",
             n,
             config.exhaustive_if_less,
         )
-        strategy = "exhaustive"
+        return "exhaustive"
+    return config.strategy
 
-    global_path: Path | None = None
-    global_hash: str | None = None
-    descriptors: np.ndarray | None = None
-    order = names  # the indexing of the selection
-    unreadable: list[str] = []
-    if strategy == "sequential":
-        order = sorted(names, key=natural_key)
+
+@dataclass
+class _Descriptors:
+    """The global descriptors a selection uses, and the images it indexes."""
+
+    order: list[str]  # the indexing of the selection: the images that have a descriptor
+    model: str | None = None  # "dinov2", "local" or None (no descriptors)
+    path: Path | None = None
+    config_hash: str | None = None
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+
+
+def _global_descriptors(
+    strategy: str,
+    order: list[str],
+    image_dir: Path,
+    output_dir: Path,
+    config: PairsConfig,
+    *,
+    features: Path | None,
+    device: str,
+    overwrite: bool,
+    executor,
+) -> _Descriptors:
+    """Compute (or resume) the global descriptors of `order` if `strategy` needs them."""
     needs_descriptors = strategy in ("auto", "retrieval") or (
         strategy == "sequential" and config.loop_closure
     )
     retrieval_model: str | None = None
     if needs_descriptors:
-        retrieval_model = check_models(config, n)["retrieval_model"]
+        retrieval_model = check_models(config, len(order))["retrieval_model"]
     if retrieval_model == "local":
         from .aggregation import compute_local_descriptors
-        from .paths import FEATURES
 
-        features_path = Path(features) if features is not None else output_dir / FEATURES
-        global_path, have, desc = compute_local_descriptors(
+        features_path = Path(features) if features is not None else output_dir / paths.FEATURES
+        global_path, have = compute_local_descriptors(
             features_path, order, output_dir, config.local
         )
     elif retrieval_model == "dinov2":
         from .retrieval import compute_global_descriptors
 
-        global_path, have, desc = compute_global_descriptors(
-            image_dir, order, output_dir, config.retrieval, device=device, overwrite=overwrite
+        global_path, have, _ = compute_global_descriptors(
+            image_dir, order, output_dir, config.retrieval, device=device, overwrite=overwrite,
+            executor=executor,
+        )  # fmt: skip
+    else:
+        return _Descriptors(order)
+    global_hash = read_header(global_path, GLOBAL_SCHEMA).config_hash
+    have_set = set(have)
+    unreadable = [nm for nm in order if nm not in have_set]
+    if unreadable:
+        logger.warning(
+            "%d images have no global descriptor (unreadable) and get no pairs: %s",
+            len(unreadable),
+            ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""),
         )
-    if retrieval_model is not None:
-        global_hash = read_header(global_path, GLOBAL_SCHEMA).config_hash
-        have_set = set(have)
-        unreadable = [nm for nm in order if nm not in have_set]
-        if unreadable:
-            logger.warning(
-                "%d images have no global descriptor (unreadable) and get no pairs: %s",
-                len(unreadable),
-                ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""),
-            )
-        order, descriptors = have, desc
+    return _Descriptors(have, retrieval_model, global_path, global_hash, unreadable)
 
-    sel = rule_pairs(strategy, len(order), config, descriptors)
-    index = {nm: i for i, nm in enumerate(order)}
-    if config.extra_pairs is not None:
-        sel.extra = _merge_extra_pairs(Path(config.extra_pairs), index, sel.pairs)
-    if config.connect and descriptors is not None:
-        connect_selection(sel, descriptors, config.metric)
 
-    named = sorted(
-        (order[i], order[j]) if order[i] < order[j] else (order[j], order[i]) for i, j in sel.pairs
-    )
-    cosine = None
-    if descriptors is not None:
-        idx0 = np.array([index[a] for a, _ in named], np.int64)
-        idx1 = np.array([index[b] for _, b in named], np.int64)
-        d = descriptors.astype(np.float64)
-        cosine = np.einsum("ij,ij->i", d[idx0], d[idx1]) if named else np.zeros(0)
+def _choose_pairs(
+    strategy: str, desc: _Descriptors, config: PairsConfig, output_dir: Path
+) -> tuple[Selection, list[tuple[str, str]], np.ndarray | None]:
+    """The selection, its pairs by name (sorted, name0 < name1) and their cosines (None
+    without descriptors)."""
+    order = desc.order
+    descriptors: np.ndarray | None = None
+    with contextlib.ExitStack() as stack:
+        if desc.path is not None and order:
+            descriptors = stack.enter_context(descriptor_matrix(desc.path, order, output_dir))
+        sel = rule_pairs(strategy, len(order), config, descriptors)
+        index = {nm: i for i, nm in enumerate(order)}
+        if config.extra_pairs is not None:
+            sel.extra = _merge_extra_pairs(Path(config.extra_pairs), index, sel.pairs)
+        if config.connect and descriptors is not None:
+            connect_selection(sel, descriptors, config.metric)
+        named = sorted(
+            (order[i], order[j]) if order[i] < order[j] else (order[j], order[i])
+            for i, j in sel.pairs
+        )
+        cosine = None
+        if descriptors is not None:
+            idx0 = np.array([index[a] for a, _ in named], np.int64)
+            idx1 = np.array([index[b] for _, b in named], np.int64)
+            cosine = pair_cosines(descriptors, idx0, idx1)
+    return sel, named, cosine
 
-    path = output_dir / paths.PAIRS
+
+def _write_pairs_file(
+    path: Path,
+    named: list[tuple[str, str]],
+    cosine: np.ndarray | None,
+    config: PairsConfig,
+    num_images: int,
+    sel: Selection,
+    desc: _Descriptors,
+) -> None:
+    """Write the pairs file with its header (config, strategy, score and descriptor identity)."""
     header = {
         "schema": PAIRS_SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "config": to_dict(config),
         "config_hash": config_hash(config),
-        "num_images": n,
+        "num_images": num_images,
         "strategy_used": sel.strategy_used,
-        "score": f"cosine similarity of {retrieval_model} descriptors"
-        if cosine is not None
-        else "none",
-        "retrieval_model": retrieval_model,
+        "score": f"cosine similarity of {desc.model} descriptors" if cosine is not None else "none",
+        "retrieval_model": desc.model,
     }
-    if global_hash is not None:
-        header["global_hash"] = global_hash
+    if desc.config_hash is not None:
+        header["global_hash"] = desc.config_hash
     write_pairs(path, named, scores=cosine.tolist() if cosine is not None else None, header=header)
 
-    report = _report(names, order, named, sel, config, unreadable, global_path)
-    report["retrieval_model"] = retrieval_model
-    if retrieval_model == "local":
-        report["rules"]["backbone"] = None
-    atomic_write_json(output_dir / paths.PAIRS_REPORT, report)
-    _log_report(report)
-    return path
+
+@contextlib.contextmanager
+def descriptor_matrix(
+    global_path: Path, names: list[str], scratch_dir: Path, *, chunk: int = 1024
+) -> Iterator[np.ndarray]:
+    """The (len(names), D) float32 descriptors of `names` from a global-descriptors file, as a
+    memory map in a temporary file under `scratch_dir` (deleted on exit).
+
+    The HDF5 file keeps one group per image, which is slow to read more than once; the map is
+    filled in one pass of `chunk` images, so selection over any number of images holds only
+    blocks of it in memory (and the OS may page the rest out).
+    """
+    with (
+        GlobalDescriptorsReader(global_path) as reader,
+        tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".descriptors-") as tmp,
+    ):
+        dim = reader.read(names[:1]).shape[1] if names else 0
+        matrix = np.lib.format.open_memmap(
+            Path(tmp) / "descriptors.npy", mode="w+", dtype=np.float32, shape=(len(names), dim)
+        )
+        for start in range(0, len(names), chunk):
+            matrix[start : start + chunk] = reader.read(names[start : start + chunk])
+        matrix.flush()
+        try:
+            yield matrix
+        finally:
+            del matrix
+
+
+def pair_cosines(
+    descriptors: np.ndarray, idx0: np.ndarray, idx1: np.ndarray, *, chunk: int | None = None
+) -> np.ndarray:
+    """Cosine similarity of the pairs (idx0[k], idx1[k]) of L2-normalised descriptors, computed
+    `chunk` pairs at a time (default: COLUMN_BUDGET entries per side; never (num_pairs, D))."""
+    dim = descriptors.shape[1] if descriptors.ndim == 2 else 1
+    chunk = chunk or max(1, COLUMN_BUDGET // (2 * max(1, dim)))
+    out = np.zeros(len(idx0))
+    for s in range(0, len(idx0), chunk):
+        a = np.asarray(descriptors[idx0[s : s + chunk]], np.float64)
+        b = np.asarray(descriptors[idx1[s : s + chunk]], np.float64)
+        out[s : s + chunk] = np.einsum("ij,ij->i", a, b)
+    return out
 
 
 def rule_pairs(
@@ -591,10 +730,10 @@ def rule_pairs(
             )
             return Selection(pairs, "sequential+loop_closure")
         return Selection(pairs, "sequential")
-    if descriptors is None:
-        raise ValueError(f"strategy {strategy!r} needs descriptors")
     if n < 2:
         return Selection(set(), "retrieval")
+    if descriptors is None:
+        raise ValueError(f"strategy {strategy!r} needs descriptors")
     scores = PairScores.from_descriptors(descriptors, config.metric)
     pairs, fallback = neighbour_pairs(
         scores, top_k=config.top_k, min_score=cutoff, min_pairs=config.min_pairs

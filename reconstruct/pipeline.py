@@ -1,4 +1,4 @@
-"""Runs the stages in order: keypoints -> pairs -> matching -> orientation -> mapping -> export.
+"""Runs the stages in order: keypoints -> pairs -> orientation -> matching -> mapping -> export.
 
 Each stage reads the files of the previous one and returns the path it wrote, so any stage can
 be re-run alone (see cli.py). `run_pipeline` adds timings and writes ``run.json``.
@@ -19,66 +19,26 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, paths
-from .config import config_hash, load_yaml, merge, override, to_dict
-from .errors import ConfigError, StorageError
-from .export import ExportConfig, export_model, model_dirs, model_statistics
+from .accel import performance_summary
+from .config import config_hash, to_dict
+from .errors import StorageError
+from .export import export_model, model_dirs, model_statistics
 from .images import check_any_readable, list_images
-from .keypoints import KeypointsConfig, extract_keypoints
-from .mapping import MappingConfig, run_mapping
-from .matching import MatchingConfig, match_pairs
+from .keypoints import extract_keypoints
+from .mapping import run_mapping
+from .matching import match_pairs
 from .orientation import OrientationConfig, correct_orientation, read_rotations
-from .pairs import PairsConfig, check_models, select_pairs
-from .storage import FeaturesReader, MatchesReader, atomic_write_json, read_pairs
-from .video import VideoConfig
+from .pairs import check_models, select_pairs
+from .settings import PipelineConfig
+from .storage import (
+    FeaturesReader,
+    MatchesReader,
+    atomic_write_json,
+    read_pairs,
+    read_pairs_header,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
-    """All stage settings; YAML files and `--set stage.key=value` override the defaults."""
-
-    pairs: PairsConfig = dataclasses.field(default_factory=PairsConfig)
-    keypoints: KeypointsConfig = dataclasses.field(default_factory=KeypointsConfig)
-    matching: MatchingConfig = dataclasses.field(default_factory=MatchingConfig)
-    orientation: OrientationConfig = dataclasses.field(default_factory=OrientationConfig)
-    mapping: MappingConfig = dataclasses.field(default_factory=MappingConfig)
-    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
-    video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
-
-
-def load_config(
-    config_path: Path | None = None, overrides: dict[str, Any] | None = None
-) -> PipelineConfig:
-    """Defaults, then the YAML file, then `overrides` (from --set)."""
-    updates: dict[str, Any] = {}
-    where = "config"
-    if config_path is not None:
-        updates = load_yaml(config_path)
-        where = str(config_path)
-    if overrides:
-        updates = merge(updates, overrides)
-        where = f"{where} + --set" if config_path else "--set"
-    config = override(PipelineConfig(), updates, where)
-    # The patch matcher needs patch features: choosing it chooses them.
-    if config.matching.matcher == "dinov2_patch" and config.keypoints.extractor != "dinov2_patch":
-        if "extractor" in updates.get("keypoints", {}):
-            raise ConfigError(
-                f"{where}: matching.matcher=dinov2_patch needs keypoints.extractor=dinov2_patch, "
-                f"not {config.keypoints.extractor!r}"
-            )
-        keypoints = dataclasses.replace(config.keypoints, extractor="dinov2_patch")
-        config = dataclasses.replace(config, keypoints=keypoints)
-    # LightGlue ships weights for ALIKED only: other features get the mutual-NN matcher unless
-    # the user chose a matcher.
-    if (
-        config.keypoints.extractor == "sift"
-        and config.matching.matcher == "lightglue"
-        and "matcher" not in updates.get("matching", {})
-    ):
-        matching = dataclasses.replace(config.matching, matcher="mnn")
-        config = dataclasses.replace(config, matching=matching)
-    return config
 
 
 def versions() -> dict[str, str]:
@@ -105,6 +65,8 @@ class RunSummary:
     unreadable_images: dict[str, str]
     models: list[dict[str, Any]]
     model_dir: str | None
+    # seconds per image / pair, jobs and torch threads (accel.performance_summary)
+    performance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +83,13 @@ class RunSummary:
             + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")
             + ").",
         ]
+        for reason in c.get("split_reasons") or []:
+            lines.append(f"Not one model: {reason}.")
+        if c.get("focal_outliers"):
+            lines.append(
+                f"{c['focal_outliers']} camera(s) with an unusual focal length: see "
+                f"{paths.MAPPING_SUMMARY} (focal_outliers)."
+            )
         if self.unreadable_images:
             lines.append(
                 f"Skipped {len(self.unreadable_images)} unreadable images: "
@@ -133,12 +102,59 @@ class RunSummary:
         lines.append(f"Summary: {out / paths.RUN_SUMMARY}")
         return "\n".join(lines)
 
+    def add_models(self, sparse_dir: Path, model_dir: Path) -> None:
+        """Record the models of the mapping stage and the exported one."""
+        self.models = [model_statistics(d) for d in model_dirs(sparse_dir)]
+        self.model_dir = str(model_dir)
+        self.counts.update(self.models[0])
+        mapping = json.loads((sparse_dir / paths.MAPPING_SUMMARY).read_text())
+        self.counts["verified_pairs"] = mapping["pairs_verified"]
+        # why the scene split (mapping.diagnose_split) and odd focal lengths, when any
+        self.counts["split_reasons"] = (mapping.get("split") or {}).get("reasons", [])
+        self.counts["focal_outliers"] = len(mapping.get("focal_outliers") or [])
 
-def count_matches(matches_path: Path) -> tuple[int, int]:
-    """(pairs, total matches) in a matches file."""
-    with MatchesReader(matches_path) as m:
-        counts = m.counts()
-    return len(counts), sum(counts.values())
+
+def start_summary(
+    image_dir: Path,
+    output_dir: Path,
+    config: PipelineConfig,
+    timings: dict[str, float],
+    names: list[str],
+    files: dict[str, Path],
+) -> RunSummary:
+    """The summary of a run up to the upright check, from the files it wrote (`files`:
+    features, pairs, matches and rotations); mapping adds the models."""
+    with FeaturesReader(files["features"]) as f:
+        readable, unreadable = f.names(), f.failed()
+    with MatchesReader(files["matches"]) as m:
+        match_counts = m.counts()
+    return RunSummary(
+        image_dir=str(image_dir),
+        output_dir=str(output_dir),
+        config=to_dict(config),
+        config_hash=config_hash(config),
+        versions=versions(),
+        timings=timings,
+        counts={
+            "images": len(names),
+            "turned_images": len(read_rotations(files["rotations"])),
+            "readable_images": len(readable),
+            "pairs": len(read_pairs(files["pairs"])),
+            "matched_pairs": len(match_counts),
+            "matches": sum(match_counts.values()),
+            # as the pairs stage decided it (pipeline's check_models only fails fast)
+            "retrieval_model": read_pairs_header(files["pairs"]).get("retrieval_model"),
+        },
+        unreadable_images=unreadable,
+        models=[],
+        model_dir=None,
+    )
+
+
+def readable_images(features_path: Path) -> list[str]:
+    """The images that have features (unreadable ones are recorded in the file, and skipped)."""
+    with FeaturesReader(features_path) as f:
+        return f.names()
 
 
 class _Timings(dict):
@@ -163,6 +179,20 @@ def previous_rotations(path: Path, config: OrientationConfig, overwrite: bool) -
         return {}
 
 
+def check_inputs(
+    image_dir: Path, output_dir: Path, config: PipelineConfig, overwrite: bool
+) -> tuple[list[str], dict[str, int]]:
+    """Before any work: the images (an InputError when none is readable) and the models the run
+    will need (a ModelWeightsError when one cannot be had). Creates `output_dir`; returns the
+    image names and the turns of an earlier run."""
+    names = list_images(image_dir)
+    check_any_readable(image_dir, names)
+    logger.info("Found %d images in %s", len(names), image_dir)
+    check_models(config.pairs, len(names))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return names, previous_rotations(output_dir / paths.ROTATIONS, config.orientation, overwrite)
+
+
 def run_pipeline(
     image_dir: Path,
     output_dir: Path,
@@ -177,64 +207,33 @@ def run_pipeline(
     `executor` (from `executors.make_executor`) runs extraction and matching; None runs them here.
     """
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    start = time.perf_counter()
-    names = list_images(image_dir)
-    check_any_readable(image_dir, names)
-    logger.info("Found %d images in %s", len(names), image_dir)
-    # Fail fast: a model the run will need and cannot load stops the run before any work.
-    models = check_models(config.pairs, len(names))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    timings = _Timings()
-    k, run = config.keypoints, dict(device=device, overwrite=overwrite)
-    rotations_path = output_dir / paths.ROTATIONS
-    turns = previous_rotations(rotations_path, config.orientation, overwrite)
+    start, timings = time.perf_counter(), _Timings()
+    names, turns = check_inputs(image_dir, output_dir, config, overwrite)
+    run = {"device": device, "overwrite": overwrite}
     with timings.stage("keypoints"):
         features = extract_keypoints(
-            image_dir, output_dir, k, image_names=names, rotations=turns, executor=executor, **run
-        )
-    with FeaturesReader(features) as f:
-        readable, unreadable = f.names(), f.failed()
+            image_dir, output_dir, config.keypoints, image_names=names, rotations=turns,
+            executor=executor, **run,
+        )  # fmt: skip
     with timings.stage("pairs"):
         pairs = select_pairs(
-            image_dir, output_dir, config.pairs, image_names=readable, features=features, **run
-        )
+            image_dir, output_dir, config.pairs, image_names=readable_images(features),
+            features=features, executor=executor, **run,
+        )  # fmt: skip
+    # The upright cue needs pairs, not matches: turning images before matching matches every
+    # pair once (after matching, pairs of turned images were matched twice: 2x the matching
+    # time with random turns on Herz-Jesu-P8, issue 10).
+    with timings.stage("orientation"):
+        rotations = correct_orientation(
+            image_dir, features, pairs, None, output_dir,
+            config.orientation, config.keypoints, config.matching, **run,
+        )  # fmt: skip
     with timings.stage("matching"):
         matches = match_pairs(
             pairs, features, output_dir, config.matching, executor=executor, **run
         )
-    with timings.stage("orientation"):
-        rotations_path = correct_orientation(
-            image_dir,
-            features,
-            pairs,
-            matches,
-            output_dir,
-            config.orientation,
-            k,
-            config.matching,
-            **run,
-        )
-    num_pairs, num_matches = count_matches(matches)
-    summary = RunSummary(
-        image_dir=str(image_dir),
-        output_dir=str(output_dir),
-        config=to_dict(config),
-        config_hash=config_hash(config),
-        versions=versions(),
-        timings=timings,
-        counts={
-            "images": len(names),
-            "turned_images": len(read_rotations(rotations_path)),
-            "readable_images": len(readable),
-            "pairs": len(read_pairs(pairs)),
-            "matched_pairs": num_pairs,
-            "matches": num_matches,
-            "retrieval_model": models.get("retrieval_model"),
-        },
-        unreadable_images=unreadable,
-        models=[],
-        model_dir=None,
-    )
+    files = {"features": features, "pairs": pairs, "matches": matches, "rotations": rotations}
+    summary = start_summary(image_dir, output_dir, config, timings, names, files)
     try:
         with timings.stage("mapping"):
             sparse = run_mapping(
@@ -242,12 +241,13 @@ def run_pipeline(
             )
         with timings.stage("export"):
             model_dir = export_model(sparse, output_dir, config.export)
-        summary.models = [model_statistics(d) for d in model_dirs(sparse)]
-        summary.model_dir = str(model_dir)
-        summary.counts.update(summary.models[0])
-        mapping_info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
-        summary.counts["verified_pairs"] = mapping_info["pairs_verified"]
+        summary.add_models(sparse, model_dir)
     finally:
         timings["total"] = round(time.perf_counter() - start, 3)
+        summary.performance = performance_summary(
+            config.keypoints, config.matching, device, timings,
+            images=summary.counts["readable_images"], pairs=summary.counts["matched_pairs"],
+            executor=executor,
+        )  # fmt: skip
         atomic_write_json(output_dir / paths.RUN_SUMMARY, summary.to_dict())
     return summary

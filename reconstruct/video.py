@@ -21,10 +21,14 @@ displacement, in pixels at ``analysis_width``, of corners of the last kept frame
 frame by pyramidal Lucas-Kanade; a frame is a *duplicate* when it is below ``min_motion``. The blur
 test comes first, so a frame that is both is counted as blurry.
 
-On disk (written to a temporary folder, then renamed, so an interrupt leaves no half folder)::
+On disk (frames written to a temporary folder, then renamed, so an interrupt leaves no half
+folder; the summary is written last, atomically, and a frames folder without it is redone)::
 
     <output_dir>/frames/t000012.345.jpg ...   kept frames named by their time in seconds
-    <output_dir>/frames/frames.json           source, config and counts (see FrameSummary)
+    <output_dir>/frames.json                  source, config and counts (see FrameSummary)
+
+The summary sits beside frames/, not in it, so frames/ holds only images: listing it (every
+later stage does) finds no non-image file to warn about, and it can be used as a photo folder.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -47,6 +52,7 @@ from tqdm import tqdm
 from . import paths
 from .config import config_hash, option, to_dict
 from .errors import InputError, StaleOutputError, StorageError
+from .storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +71,18 @@ class VideoConfig:
         "adaptive", "fps: one frame per 1/fps seconds; adaptive: keep sharp frames that moved"
     )
     fps: float = option(2.0, "fps mode: frames kept per second of video")
+    # 24 px = 7.5% of the 320 px analysis width: frame i+10, the far end of the sequential pairs'
+    # default window of 10, has then moved ~75% of a width and still overlaps ~25%, so the
+    # window spans the frames that can match and no more (cost ~ kept frames x window). On
+    # beer.mp4 it keeps 63 of 706 frames, 26 px apart (median), like the every-10th-frame COLMAP
+    # model that registers fully (25 px); 16/20 keep 109/89 frames for more pairs, 32/40/48 keep
+    # 49/37/29; from ~60-80 px on, the Lucas-Kanade motion measure (3 levels) turns unreliable.
+    # Measured there: verified matches fall from 592 at window offset 1 to 12-20 at offsets
+    # 9-10 (COLMAP's 15-inlier minimum), so the window ends where the overlap does.
+    # (scripts/sweep_min_motion.py, scripts/window_inliers.py; the synthetic video moves 3 px
+    # per frame, so tests set it explicitly.) One video only: the argument is the overlap one.
     min_motion: float = option(
-        20.0, "adaptive: median corner displacement (px at analysis_width) from the last kept frame"
+        24.0, "adaptive: median corner displacement (px at analysis_width) from the last kept frame"
     )
     min_sharpness: float = option(
         0.5, "drop frames whose Laplacian variance is below this times the running median; 0: off"
@@ -139,7 +155,8 @@ def motion(gray0: np.ndarray, corners0: np.ndarray | None, gray1: np.ndarray) ->
     return float(np.median(np.linalg.norm((p1 - corners0).reshape(-1, 2)[ok], axis=1)))
 
 
-def _corners(gray: np.ndarray) -> np.ndarray | None:
+def corners(gray: np.ndarray) -> np.ndarray | None:
+    """Up to 200 Shi-Tomasi corners of a grey frame (the points :func:`motion` tracks)."""
     return cv2.goodFeaturesToTrack(gray, maxCorners=200, qualityLevel=0.01, minDistance=7)
 
 
@@ -215,12 +232,12 @@ def extract_frames(
     video_path = Path(video_path)
     output_dir = Path(output_dir)
     frames_dir = output_dir / paths.FRAMES
+    summary_path = output_dir / paths.FRAMES_SUMMARY
     capture = _open(video_path)  # fail fast on bad input, before touching the output
     expected = int(max(capture.get(cv2.CAP_PROP_FRAME_COUNT), 0))
     capture.release()
     source = _source_id(video_path)
     chash = config_hash(config)
-    summary_path = frames_dir / paths.FRAMES_SUMMARY
     if frames_dir.exists():
         previous = _read_summary(summary_path)
         if (
@@ -231,7 +248,7 @@ def extract_frames(
         ):
             logger.info("reusing %d frames in %s", previous["summary"]["frames_kept"], frames_dir)
             return frames_dir
-        if not overwrite:
+        if previous is not None and not overwrite:
             raise StaleOutputError(
                 f"{frames_dir} holds frames of another video or video config; "
                 "pass --overwrite to replace them or choose another output folder"
@@ -239,6 +256,9 @@ def extract_frames(
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".frames.", dir=output_dir))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; frames/ gets a folder's usual mode
         summary = _sample(video_path, tmp_dir, config, expected)
         record = {
             "schema": SCHEMA,
@@ -248,13 +268,13 @@ def extract_frames(
             "config_hash": chash,
             "summary": asdict(summary),
         }
-        (tmp_dir / paths.FRAMES_SUMMARY).write_text(json.dumps(record, indent=2) + "\n")
-        if frames_dir.exists():
-            shutil.rmtree(frames_dir)
-        tmp_dir.rename(frames_dir)
+        # frames/ is only reused with a matching summary: drop the old one before replacing it
+        summary_path.unlink(missing_ok=True)
+        paths.replace_dir(tmp_dir, frames_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    atomic_write_json(summary_path, record)
     logger.info(
         "video %s: %d frames read, %d kept, %d dropped as blurry, %d as duplicates%s (%.1fs)",
         video_path.name,
@@ -277,12 +297,11 @@ def _read_summary(path: Path) -> dict | None:
 
 
 def read_summary(frames_dir: Path) -> FrameSummary:
-    """The FrameSummary stored by :func:`extract_frames` in `frames_dir`."""
-    data = _read_summary(Path(frames_dir) / paths.FRAMES_SUMMARY)
+    """The FrameSummary stored by :func:`extract_frames` beside `frames_dir`."""
+    summary_path = Path(frames_dir).parent / paths.FRAMES_SUMMARY
+    data = _read_summary(summary_path)
     if data is None:
-        raise StaleOutputError(
-            f"{frames_dir} has no valid {paths.FRAMES_SUMMARY}; re-run frame extraction"
-        )
+        raise StaleOutputError(f"{summary_path} is missing or invalid; re-run frame extraction")
     return FrameSummary(**data["summary"])
 
 
@@ -332,7 +351,7 @@ def _sample(video_path: Path, out_dir: Path, config: VideoConfig, expected: int)
         if not cv2.imwrite(str(out_dir / name), frame, params):
             raise StorageError(f"cannot write frame {out_dir / name}")
         kept += 1
-        last_gray, last_corners = gray, _corners(gray)
+        last_gray, last_corners = gray, corners(gray)
         if config.max_frames and kept >= config.max_frames:
             logger.warning(
                 "video %s: stopped at video.max_frames=%d kept frames (t=%.1fs)",

@@ -3,10 +3,14 @@
 * :func:`draw_matches`: the matches of one pair from ``features.h5`` / ``matches.h5``, the two
   images side by side, RANSAC inliers (OpenCV's MAGSAC++ fundamental matrix) in green and
   outliers in red, a random subsample (fixed seed) when there are more than ``max_lines``.
+  Without a pair, :func:`choose_pair` picks the one with the most (or, ``worst``, the fewest)
+  inliers among the pairs with enough matches for a fundamental matrix.
 * :func:`draw_pca`: an image, the first three principal components of its DINOv2 patch
-  features as RGB, and the PCA foreground mask (see models/patch_matcher.py).
+  features as RGB, and the PCA foreground mask (see models/patch_features.py).
 * :func:`draw_model`: the sparse points (subsampled) and camera frusta of a COLMAP model,
-  rendered with matplotlib from a few viewpoints side by side.
+  rendered with matplotlib from a few viewpoints side by side, in a view box that follows the
+  robust extent of the points and cameras (:func:`model_view`), so that one camera far off does
+  not squash the picture.
 
 Everything is headless: match and PCA pictures are composed with OpenCV, model pictures use a
 matplotlib ``Figure`` with the Agg canvas (no pyplot, no global backend change). Picture sizes
@@ -15,17 +19,26 @@ are deterministic (see each function). Files are written atomically.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from . import paths
 from .errors import InputError, StorageError
 from .images import read_image
 from .storage import FeaturesReader, MatchesReader, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .gt import CameraPose
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +46,15 @@ INLIER_COLOR = (40, 200, 40)  # RGB
 OUTLIER_COLOR = (230, 40, 40)
 BANNER = 32  # pixels of text above a picture
 DEFAULT_HEIGHT = 480
+MIN_MATCHES_FOR_F = 8
+"""A fundamental matrix needs 8 matches; pairs with fewer have no inliers to rank."""
+VIEW_PERCENTILES = (2.0, 98.0)
+"""The points' part of the model view box: these percentiles of their coordinates, per axis."""
+VIEW_MARGIN = 0.1
+"""The view box grows by this fraction of its size on every side."""
+CAMERA_SPREAD = 3.0
+"""Cameras farther than this many times the median camera distance from the median camera
+centre are outliers: they do not widen the view box (they are counted as outside)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -147,8 +169,6 @@ def match_title(name0: str, name1: str, inliers: np.ndarray, shown: int, label: 
 
 def run_image_dir(output_dir: Path) -> Path:
     """The image folder a run used, from its ``run.json`` (written by `reconstruct run`)."""
-    import json
-
     summary = Path(output_dir) / paths.RUN_SUMMARY
     try:
         return Path(json.loads(summary.read_text())["image_dir"])
@@ -159,13 +179,73 @@ def run_image_dir(output_dir: Path) -> Path:
         ) from None
 
 
+@dataclass(frozen=True)
+class PairChoice:
+    """The pair :func:`choose_pair` picked, and why."""
+
+    name0: str
+    name1: str
+    num_matches: int
+    num_inliers: int
+    num_candidates: int
+    """Pairs with at least MIN_MATCHES_FOR_F matches, among which the pair was chosen."""
+    num_pairs: int
+    """All pairs stored in matches.h5."""
+    worst: bool
+
+    @property
+    def reason(self) -> str:
+        which = "fewest" if self.worst else "most"
+        return (
+            f"{self.name0} - {self.name1} has the {which} RANSAC inliers ({self.num_inliers} of "
+            f"{self.num_matches} matches) of the {self.num_candidates} pairs with at least "
+            f"{MIN_MATCHES_FOR_F} matches ({self.num_pairs} matched pairs in all)"
+        )
+
+
+def choose_pair(output_dir: Path, *, worst: bool = False, ransac_threshold: float = 4.0):
+    """The pair of a run with the most inliers (`worst`: the fewest), as a :class:`PairChoice`.
+
+    Inliers are counted as :func:`draw_matches` draws them (:func:`fundamental_inliers` at
+    `ransac_threshold` px). Only pairs with at least MIN_MATCHES_FOR_F matches compete: with
+    fewer there is no fundamental matrix, so `worst` would otherwise always show an empty
+    picture. Ties go to the pair with more matches (`worst`: fewer), then to name order.
+    Raises InputError when no pair has enough matches.
+    """
+    output_dir = Path(output_dir)
+    features_path, matches_path = output_dir / paths.FEATURES, output_dir / paths.MATCHES
+    with FeaturesReader(features_path) as feats, MatchesReader(matches_path) as matches:
+        counts = matches.counts()
+        candidates = sorted(p for p, k in counts.items() if k >= MIN_MATCHES_FOR_F)
+        keypoints: dict[str, np.ndarray] = {}
+        scored = []
+        for name0, name1 in tqdm(candidates, desc="ranking pairs", unit="pair"):
+            for n in (name0, name1):
+                if n not in keypoints:
+                    keypoints[n] = feats.read(n).keypoints
+            m, _ = matches.read(name0, name1)
+            k0, k1 = keypoints[name0][m[:, 0]], keypoints[name1][m[:, 1]]
+            n_in = int(fundamental_inliers(k0, k1, ransac_threshold).sum())
+            scored.append((n_in, len(m), name0, name1))
+    if not scored:
+        raise InputError(
+            f"no pair in {matches_path} has {MIN_MATCHES_FOR_F} or more matches "
+            f"({len(counts)} pairs stored); nothing to show. Name a pair: "
+            "reconstruct viz matches OUTPUT NAME0 NAME1"
+        )
+    sign = 1 if worst else -1
+    n_in, n_matches, name0, name1 = min(scored, key=lambda r: (sign * r[0], sign * r[1], r[2:]))
+    return PairChoice(name0, name1, n_matches, n_in, len(scored), len(counts), worst)
+
+
 def draw_matches(
     image_dir: Path | None,
     output_dir: Path,
-    name0: str,
-    name1: str,
+    name0: str | None = None,
+    name1: str | None = None,
     out_png: Path | None = None,
     *,
+    worst: bool = False,
     max_lines: int = 300,
     ransac_threshold: float = 4.0,
     height: int = DEFAULT_HEIGHT,
@@ -174,12 +254,29 @@ def draw_matches(
 
     Reads ``output_dir/features.h5`` and ``output_dir/matches.h5`` and the two images from
     `image_dir` (None: the folder recorded in ``output_dir/run.json``). Inliers are those of a
-    MAGSAC++ fundamental matrix at `ransac_threshold` px. Default output:
-    ``output_dir/viz/matches_<name0>_<name1>.png`` (``/`` in names becomes ``_``). Returns the
-    path written.
+    MAGSAC++ fundamental matrix at `ransac_threshold` px. Without names, the pair is chosen by
+    :func:`choose_pair` (most inliers; `worst`: fewest), logged and named in the picture's
+    title. Default output: ``output_dir/viz/matches_<name0>_<name1>.png`` (``/`` in names
+    becomes ``_``). Returns the path written.
     """
     output_dir = Path(output_dir)
     image_dir = Path(image_dir) if image_dir is not None else run_image_dir(output_dir)
+    if (name0 is None) != (name1 is None):
+        raise InputError(
+            "give both image names of the pair, or none to show the pair with the most inliers"
+        )
+    label = ""
+    if name0 is None or name1 is None:
+        choice = choose_pair(output_dir, worst=worst, ransac_threshold=ransac_threshold)
+        logger.info("No pair given: showing %s", choice.reason)
+        name0, name1 = choice.name0, choice.name1
+        which = "fewest" if worst else "most"
+        label = f"{which} inliers of {choice.num_candidates} pairs"
+    elif worst:
+        raise InputError(
+            f"--worst chooses the pair itself; drop the image names {name0!r} {name1!r} "
+            "or drop --worst"
+        )
     features_path, matches_path = output_dir / paths.FEATURES, output_dir / paths.MATCHES
     with FeaturesReader(features_path) as feats, MatchesReader(matches_path) as matches:
         for n in (name0, name1):
@@ -204,7 +301,7 @@ def draw_matches(
             )
     k0, k1 = f0.keypoints[m[:, 0]], f1.keypoints[m[:, 1]]
     inliers = fundamental_inliers(k0, k1, ransac_threshold)
-    title = match_title(name0, name1, inliers, min(max_lines, len(m)))
+    title = match_title(name0, name1, inliers, min(max_lines, len(m)), label)
     picture = render_matches(
         image0, image1, k0, k1, inliers, title=title, max_lines=max_lines, height=height
     )
@@ -221,10 +318,10 @@ def draw_matches(
 def render_pca(image: np.ndarray, grid, *, threshold: float = 0.0, height: int = 360) -> np.ndarray:
     """Three panels: the image, PC 1-3 of its patch tokens as RGB, the PCA foreground.
 
-    `grid` is a models.patch_matcher.PatchGrid of `image`. Each panel is scaled to `height`;
+    `grid` is a models.patch_features.PatchGrid of `image`. Each panel is scaled to `height`;
     the result is RGB uint8 (height + 32, 3 * panel width, 3).
     """
-    from .models.patch_matcher import pca_foreground, pca_rgb
+    from .models.patch_features import pca_foreground, pca_rgb
 
     panel, _ = _resize_to_height(image, height)
     ph, pw = panel.shape[:2]
@@ -255,10 +352,11 @@ def draw_pca(
     """Picture of the DINOv2 patch features of one image (see :func:`render_pca`).
 
     `config` is a PatchFeaturesConfig (default settings when None); its backbone, resolution,
-    layer and foreground_threshold are used. `model` (a PatchModel) skips loading weights.
+    layer and foreground_threshold are used. `model` (a models.dinov2.DinoModel) skips loading
+    weights.
     Default output: ``<image stem>_pca.png`` beside the current folder. Returns the path.
     """
-    from .models.patch_matcher import PatchExtractor, PatchFeaturesConfig
+    from .models.patch_features import PatchExtractor, PatchFeaturesConfig
 
     config = config if config is not None else PatchFeaturesConfig()
     image_path = Path(image_path)
@@ -325,49 +423,101 @@ def frustum_lines(pose, scale: float) -> np.ndarray:
     return np.array(segs)
 
 
-def draw_model(
-    model_dir: Path,
-    out_png: Path | None = None,
+@dataclass(frozen=True)
+class ModelView:
+    """The cubic view box of a model picture, and what falls outside it."""
+
+    lo: np.ndarray
+    """(3,) lower axis limits."""
+    hi: np.ndarray
+    """(3,) upper axis limits (``hi - lo`` is the same on every axis)."""
+    points_outside: int
+    cameras_outside: int
+
+    def contains(self, xyz: np.ndarray) -> np.ndarray:
+        """bool (N,): which of the (N, 3) positions lie inside the box."""
+        xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
+        return np.all((xyz >= self.lo) & (xyz <= self.hi), axis=1)
+
+
+def model_view(
+    points: np.ndarray,
+    centres: np.ndarray,
     *,
+    percentiles: tuple[float, float] = VIEW_PERCENTILES,
+    margin: float = VIEW_MARGIN,
+    camera_spread: float = CAMERA_SPREAD,
+) -> ModelView:
+    """A cube around the robust extent of `points` (P, 3) and camera `centres` (C, 3).
+
+    The box holds the `percentiles` of the point coordinates (all points when there are fewer
+    than 10) and the cameras that are not outliers: a camera is an outlier when its distance
+    from the per-axis median camera centre exceeds `camera_spread` times the median of those
+    distances. Percentiles alone do not fit cameras: they are few and all on one side of the
+    scene, so a 2-98 % cut of points and cameras together would drop all of them. The box is
+    made cubic (its largest side, centred), then grows by `margin` of that side on each side.
+    """
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    centres = np.asarray(centres, np.float64).reshape(-1, 3)
+    if len(points) == 0 and len(centres) == 0:
+        raise InputError("model_view: no points and no cameras to frame")
+    boxes = []
+    if len(points) >= 10:
+        boxes.append(np.percentile(points, percentiles, axis=0))
+    elif len(points):
+        boxes.append(np.stack([points.min(axis=0), points.max(axis=0)]))
+    if len(centres):
+        dist = np.linalg.norm(centres - np.median(centres, axis=0), axis=1)
+        inliers = centres[dist <= camera_spread * np.median(dist) + 1e-12]
+        boxes.append(np.stack([inliers.min(axis=0), inliers.max(axis=0)]))
+    lo = np.min([b[0] for b in boxes], axis=0)
+    hi = np.max([b[1] for b in boxes], axis=0)
+    side = float(np.max(hi - lo)) or 1.0
+    half = side * (0.5 + margin)
+    mid = (lo + hi) / 2
+    view = ModelView(mid - half, mid + half, 0, 0)
+    return ModelView(
+        view.lo,
+        view.hi,
+        points_outside=int(np.sum(~view.contains(points))),
+        cameras_outside=int(np.sum(~view.contains(centres))),
+    )
+
+
+def render_model(
+    poses: list[CameraPose],
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    *,
+    title: str = "",
     views: int = 3,
     max_points: int = 20000,
     panel_size: int = 480,
     seed: int = 0,
-) -> Path:
-    """Render the sparse points and camera frusta of a model from `views` viewpoints.
+) -> tuple[Figure, ModelView]:
+    """A matplotlib Figure (Agg canvas) of `xyz` (P, 3) points in `rgb` (P, 3) uint8 colours and
+    the frusta of `poses`, from `views` azimuths, limited to :func:`model_view`'s box.
 
-    `model_dir` is a run's output folder, a sparse folder or a model folder (see
-    :func:`find_model_dir`). Points (a seeded subsample of at most `max_points`, in their
-    colours; the 1-99 % box of the points and all cameras sets the limits) and frusta (red) are
-    drawn in a frame whose vertical axis is the cameras' mean up direction. The PNG is
-    ``views * panel_size`` x ``panel_size`` pixels. Default output: ``<folder>/viz/model.png``.
+    The frame is the model's, rotated so that z is the cameras' mean up direction (a rotation:
+    lengths stay in scene units). Points and cameras outside the box are not drawn; their
+    numbers are in the figure's title. At most `max_points` points are drawn (a seeded
+    subsample). The figure is ``views * panel_size`` x ``panel_size`` pixels at its dpi.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .export import read_points3d, read_poses
-
-    folder = find_model_dir(model_dir)
-    poses = list(read_poses(folder).values())
-    xyz, rgb, _ = read_points3d(folder)
     frame = _up_frame(poses)
-    if len(xyz) > max_points:
-        keep = np.random.default_rng(seed).choice(len(xyz), max_points, replace=False)
-        xyz, rgb = xyz[keep], rgb[keep]
-    pts = xyz @ frame.T
+    pts = np.asarray(xyz, np.float64).reshape(-1, 3) @ frame.T
     centres = np.array([p.center for p in poses]).reshape(-1, 3) @ frame.T
-    both = np.concatenate([pts, centres]) if len(pts) else centres
-    if len(both) == 0:
-        raise StorageError(f"model {folder} has no registered images and no points to draw")
-    if len(pts) >= 10:
-        lo = np.minimum(np.percentile(pts, 1, axis=0), centres.min(axis=0, initial=np.inf))
-        hi = np.maximum(np.percentile(pts, 99, axis=0), centres.max(axis=0, initial=-np.inf))
-    else:
-        lo, hi = both.min(axis=0), both.max(axis=0)
-    extent = float(np.max(hi - lo)) or 1.0
-    mid = (lo + hi) / 2
-    scale = 0.06 * extent
-    segments = [frustum_lines(p, scale) @ frame.T for p in poses]
+    view = model_view(pts, centres)
+    inside = view.contains(pts)
+    pts, rgb = pts[inside], np.asarray(rgb).reshape(-1, 3)[inside]
+    if len(pts) > max_points:
+        keep = np.random.default_rng(seed).choice(len(pts), max_points, replace=False)
+        pts, rgb = pts[keep], rgb[keep]
+    scale = 0.06 * float(view.hi[0] - view.lo[0])  # frustum depth
+    shown = view.contains(centres)
+    segments = [frustum_lines(p, scale) @ frame.T for p, s in zip(poses, shown, strict=True) if s]
 
     dpi = 100
     fig = Figure(figsize=(views * panel_size / dpi, panel_size / dpi), dpi=dpi)
@@ -381,21 +531,72 @@ def draw_model(
         for seg in segments:
             for a, b in seg:
                 ax.plot(*np.stack([a, b]).T, color="red", linewidth=0.8)
-        for axis, m in zip("xyz", mid, strict=True):
-            getattr(ax, f"set_{axis}lim")(m - extent / 2, m + extent / 2)
+        ax.set_xlim(view.lo[0], view.hi[0])
+        ax.set_ylim(view.lo[1], view.hi[1])
+        ax.set_zlim(view.lo[2], view.hi[2])
         ax.set_box_aspect((1, 1, 1))
         ax.view_init(elev=25, azim=float(azim) - 90)
-        ax.set_xticklabels([])
-        ax.set_yticklabels([])
-        ax.set_zticklabels([])
+        ax.tick_params(labelsize=6, pad=0)
+        for axis, name in zip("xyz", ("x", "y", "z (up)"), strict=True):
+            getattr(ax, f"set_{axis}label")(f"{name}, scene units", fontsize=7, labelpad=-4)
         ax.set_title(f"azimuth {azim:+.0f} deg", fontsize=9)
-    fig.suptitle(f"{folder}: {len(poses)} cameras, {len(xyz)} points shown", fontsize=9, y=0.99)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.88, wspace=0)
-    import io
+    outside = (
+        f"outside the view: {view.cameras_outside} of {len(poses)} cameras, "
+        f"{view.points_outside} of {len(xyz)} points"
+    )
+    head = f"{title}: " if title else ""
+    fig.suptitle(
+        f"{head}{len(poses)} cameras, {len(pts)} points drawn; {outside}", fontsize=9, y=0.99
+    )
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=0.88, wspace=0.05)
+    return fig, view
 
+
+def draw_model(
+    model_dir: Path,
+    out_png: Path | None = None,
+    *,
+    views: int = 3,
+    max_points: int = 20000,
+    panel_size: int = 480,
+    seed: int = 0,
+) -> Path:
+    """Render the sparse points and camera frusta of a model from `views` viewpoints.
+
+    `model_dir` is a run's output folder, a sparse folder or a model folder (see
+    :func:`find_model_dir`). See :func:`render_model` for the picture: points in their colours,
+    frusta in red, axes labelled in scene units, limits from the robust extent of points and
+    cameras (:func:`model_view`), the count of what falls outside in the title. The PNG is
+    ``views * panel_size`` x ``panel_size`` pixels. Default output: ``<folder>/viz/model.png``.
+    """
+    from .export import read_points3d, read_poses
+
+    folder = find_model_dir(model_dir)
+    poses = list(read_poses(folder).values())
+    xyz, rgb, _ = read_points3d(folder)
+    if len(poses) == 0 and len(xyz) == 0:
+        raise StorageError(f"model {folder} has no registered images and no points to draw")
+    fig, view = render_model(
+        poses,
+        xyz,
+        rgb,
+        title=str(folder),
+        views=views,
+        max_points=max_points,
+        panel_size=panel_size,
+        seed=seed,
+    )
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=fig.dpi)
     out_png = Path(out_png) if out_png is not None else Path(model_dir) / paths.VIZ / "model.png"
     atomic_write_bytes(out_png, buf.getvalue())
-    logger.info("Model %s (%d cameras, %d points) -> %s", folder, len(poses), len(xyz), out_png)
+    logger.info(
+        "Model %s (%d cameras, %d points; outside the view: %d cameras, %d points) -> %s",
+        folder,
+        len(poses),
+        len(xyz),
+        view.cameras_outside,
+        view.points_outside,
+        out_png,
+    )
     return out_png

@@ -29,10 +29,24 @@ from reconstruct.errors import ReconstructError
 from reconstruct.evaluation import evaluate
 from reconstruct.export import model_statistics, read_all_poses
 from reconstruct.gt import read_cameras_txt
-from reconstruct.mapping import run_colmap_sift
-from reconstruct.pipeline import load_config, run_pipeline
+from reconstruct.pipeline import run_pipeline
+from reconstruct.settings import load_config
 
 logger = logging.getLogger("reconstruct.benchmark")
+
+
+def _load_sibling(name: str):
+    """A module of scripts/ by path (scripts/ is not a package, and tests load this file by
+    path too, so `import colmap_baseline` would depend on the working folder)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_colmap_sift = _load_sibling("colmap_baseline").run_colmap_sift
 
 
 def _score(sparse_dir: Path, gt_path: Path | None, num_images: int) -> dict:
@@ -77,6 +91,7 @@ def run_scene(scene: Path, args, work: Path) -> dict:
     t0 = time.perf_counter()
     summary = run_pipeline(images, ours_dir, config, device=args.device)
     ours = {"timings": summary.timings, "wall": time.perf_counter() - t0}
+    ours["performance"] = summary.performance
     ours["counts"] = {k: summary.counts.get(k) for k in ("pairs", "matches", "verified_pairs")}
     ours.update(_score(ours_dir / paths.SPARSE, gt_path, num_images))
     result["ours"] = ours
@@ -116,8 +131,20 @@ def format_table(r: dict) -> str:
     rows.append(("pairs s", t(ours, "pairs"), "-"))
     rows.append(("matching s", t(ours, "matching"), t(colmap, "matching")))
     rows.append(("  s/pair", f"{ours['timings']['matching'] / pairs:.3f}", "-"))
+    rows.append(("orientation s", t(ours, "orientation"), "-"))
     rows.append(("mapping s", t(ours, "mapping"), t(colmap, "mapping")))
+    rows.append(("export s", t(ours, "export"), "-"))
     rows.append(("total s", t(ours, "total"), t(colmap, "total")))
+    perf = ours.get("performance") or {}
+    if "keypoints_jobs" in perf:
+        rows.append(
+            (
+                "jobs x threads (kp, match)",
+                f"{perf['keypoints_jobs']}x{perf['keypoints_threads_per_job']}, "
+                f"{perf['matching_jobs']}x{perf['matching_threads_per_job']}",
+                "-",
+            )
+        )
     rows.append(
         (
             "registered",
@@ -138,6 +165,26 @@ def format_table(r: dict) -> str:
     w0 = max(len(a) for a, _, _ in rows)
     lines = [f"## {r['scene']}"]
     lines += [f"{a:<{w0}}  {b:>10}  {c:>10}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def format_summary(results: list[dict]) -> str:
+    """One markdown row per scene: total seconds, ratio to COLMAP, AUC@5, registered images."""
+    lines = [
+        "| scene | ours s | COLMAP s | ratio | AUC@5 ours / COLMAP | registered ours / COLMAP |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ours, colmap = r["ours"], r.get("colmap", {})
+        total = colmap.get("timings", {}).get("total")
+        auc = [d.get("auc", {}).get("5") for d in (ours, colmap)]
+        lines.append(
+            f"| {Path(r['scene']).name} | {ours['timings']['total']:.1f} | "
+            + ("-" if total is None else f"{total:.1f}")
+            + f" | {r.get('time_ratio', '-')} | "
+            + " / ".join("-" if a is None else f"{a:.3f}" for a in auc)
+            + f" | {ours['registered']} / {colmap.get('registered', '-')} of {r['images']} |"
+        )
     return "\n".join(lines)
 
 
@@ -165,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(r), flush=True)
     finally:
         restore_progress()
+    if len(results) > 1:
+        print(format_summary(results), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -9,9 +9,9 @@ from the matches (rotation and translation-direction angles, degrees).
 
 The methods use the pipeline's own code and defaults: SIFT is `keypoints.extractor=sift` with
 `matching.matcher=mnn` (mutual NN + ratio test), ALIKED + LightGlue the default pipeline, DINOv2
-the patch extractor and matcher of reconstruct/models/patch_matcher.py (`--method` picks the
-patch matching rule). ``--refine`` adds a row with the same DINOv2 matches moved by the sub-patch
-soft-argmax refinement, to measure whether it improves the pose.
+the patch extractor and matcher of reconstruct/models/ (patch_features.py, patch_matcher.py;
+`--method` picks the patch matching rule). ``--refine`` adds a row with the same DINOv2 matches
+moved by the sub-patch soft-argmax refinement, to measure whether it improves the pose.
 
 DINOv2 weights: ``--dinov2-weights PATH``, else the cache (``reconstruct weights list``); with
 neither, the DINOv2 row says the weights are missing (no silent fallback). ``--random-dinov2``
@@ -175,16 +175,16 @@ def score(res: Result, ransac_px: float, cams: tuple[CameraPose, CameraPose] | N
 
 
 def dinov2_model(args, device):
-    """(PatchModel, label suffix) or raise ModelWeightsError."""
+    """(DinoModel, label suffix) or raise ModelWeightsError."""
     import torch
 
     from reconstruct.models import dinov2
-    from reconstruct.models.patch_matcher import PatchFeaturesConfig, PatchModel, load_patch_model
+    from reconstruct.models.patch_features import PatchFeaturesConfig, load_patch_model
 
     if args.random_dinov2:
         torch.manual_seed(0)
         module = dinov2.build_model(args.backbone).to(device)
-        return PatchModel(module, args.backbone, device, "random-0"), " [RANDOM weights]"
+        return dinov2.DinoModel(module, args.backbone, device, "random-0"), " [RANDOM weights]"
     cfg = PatchFeaturesConfig(
         backbone=args.backbone, weights=args.dinov2_weights, download=args.download
     )
@@ -364,13 +364,8 @@ def main(argv=None) -> int:
 
 
 def run_dinov2(args, device, images, cams) -> list[Result]:
-    from reconstruct.models.patch_matcher import (
-        PatchExtractor,
-        PatchFeaturesConfig,
-        PatchMatcher,
-        PatchMatchingConfig,
-        refine_matches,
-    )
+    from reconstruct.models.patch_features import PatchExtractor, PatchFeaturesConfig
+    from reconstruct.models.patch_matcher import PatchMatcher, PatchMatchingConfig, refine_matches
 
     label = f"DINOv2 {args.backbone} patch {args.method}"
     try:

@@ -34,6 +34,15 @@ def caches(tmp_path, monkeypatch):
     return tmp_path / "cache" / "weights"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests on the real photos or a Ray instance are slow ones too (plain `pytest` leaves
+    them out)."""
+    for item in items:
+        slow_fixtures = {"real_data", "ray_executor"} & set(getattr(item, "fixturenames", ()))
+        if slow_fixtures or item.get_closest_marker("realdata") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 def _data_root() -> Path | None:
     value = os.environ.get("RECONSTRUCT_DATA")
     if not value:
@@ -65,7 +74,7 @@ def synthetic_scene(tmp_path_factory):
 @pytest.fixture(scope="session")
 def staged_run(synthetic_scene, tmp_path_factory):
     """The synthetic scene reconstructed by the stage commands one after the other
-    (extract, pairs, match, orient, map, export): (output folder, scene)."""
+    (extract, pairs, orient, match, map, export, the order `run` uses): (output folder, scene)."""
     from reconstruct.cli import main
 
     out = tmp_path_factory.mktemp("staged")
@@ -74,8 +83,8 @@ def staged_run(synthetic_scene, tmp_path_factory):
     for argv in (
         ["extract", images, "-o", str(out), "--device", "cpu", *fast],
         ["pairs", images, "-o", str(out), "--device", "cpu", *fast],
-        ["match", str(out), "--device", "cpu", *fast],
         ["orient", images, "-o", str(out), "--device", "cpu", *fast],
+        ["match", str(out), "--device", "cpu", *fast],
         ["map", images, "-o", str(out), *fast],
         ["export", str(out), *fast],
     ):

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from reconstruct import paths
 from reconstruct.aggregation import LocalDescriptorConfig, fit_codebook, vlad
 from reconstruct.config import override
 from reconstruct.errors import ModelWeightsError
@@ -98,9 +99,10 @@ def test_default_selection_offline_uses_local_descriptor(scene_features, caplog)
     assert report["strategy_used"] == "retrieval"
     pairs = read_pairs(path)
     assert 0 < len(pairs) < 20 * 19 // 2
-    header = read_header(out / "global.h5", GLOBAL_SCHEMA)
+    assert report["global_descriptors"] == str(out / paths.GLOBAL_LOCAL)
+    header = read_header(out / paths.GLOBAL_LOCAL, GLOBAL_SCHEMA)
     assert header.extra["model"] == "local"
-    names, desc = read_global_descriptors(out / "global.h5")
+    names, desc = read_global_descriptors(out / paths.GLOBAL_LOCAL)
     assert len(names) == 20 and desc.shape[1] == 32 * 128
     np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
     # Views along an arc: each image's shortlist should favour its neighbours in the sequence.
@@ -109,3 +111,45 @@ def test_default_selection_offline_uses_local_descriptor(scene_features, caplog)
     assert np.median(gaps) <= 3, gaps
     # Deterministic: a second run reuses the file and gives the same pairs.
     assert read_pairs(select_pairs(image_dir, out, cfg, device="cpu")) == pairs
+
+
+def test_local_and_dinov2_files_coexist_in_one_folder(scene_features):
+    """Switching the descriptor needs no --overwrite: each model has its own file and resumes."""
+    from reconstruct.retrieval import RetrievalConfig, descriptor_header
+    from reconstruct.storage import ResultWriter
+
+    image_dir, out = scene_features
+    cfg = override(PairsConfig(), {"top_k": 4, "min_pairs": 2, "retrieval": {"model": "local"}})
+    first = read_pairs(select_pairs(image_dir, out, cfg, device="cpu"))
+    # A DINOv2 file as a dinov2 run leaves it (another hash, other vectors).
+    dino = out / paths.GLOBAL
+    with ResultWriter(dino, descriptor_header(RetrievalConfig(), "fake-sha")) as w:
+        w.add(("x.jpg",), {"descriptor": np.ones(4, np.float32) / 2})
+    dino_bytes = dino.read_bytes()
+    local_mtime = (out / paths.GLOBAL_LOCAL).stat().st_mtime_ns
+    again = read_pairs(select_pairs(image_dir, out, cfg, device="cpu"))  # no overwrite
+    assert again == first
+    assert dino.read_bytes() == dino_bytes, "the DINOv2 file is left alone"
+    assert (out / paths.GLOBAL_LOCAL).stat().st_mtime_ns == local_mtime, "local file reused"
+
+
+def test_codebook_sample_is_bounded(scene_features, tmp_path, monkeypatch):
+    from reconstruct import aggregation
+
+    image_dir, out = scene_features
+    sizes = []
+    real = aggregation.fit_codebook
+
+    def spy(sample, k, **kw):
+        sizes.append(len(sample))
+        return real(sample, k, **kw)
+
+    monkeypatch.setattr(aggregation, "fit_codebook", spy)
+    names = sorted(p.name for p in image_dir.iterdir())
+    config = LocalDescriptorConfig(sample_per_image=50, sample_total=100)  # 100 // 20 = 5 each
+    features = out / paths.FEATURES
+    path, have = aggregation.compute_local_descriptors(features, names, tmp_path, config)
+    assert sizes == [5 * 20] and have == names and path == tmp_path / paths.GLOBAL_LOCAL
+    config = LocalDescriptorConfig(sample_per_image=3, sample_total=100)
+    aggregation.compute_local_descriptors(features, names, tmp_path, config)
+    assert sizes[-1] == 3 * 20

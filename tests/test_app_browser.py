@@ -7,8 +7,10 @@ Python packages; skips with the reason otherwise. Saves a screenshot of each vie
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,15 +24,22 @@ import pytest
 pytest.importorskip("streamlit", reason="the app needs streamlit: pip install 'reconstruct[app]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
 from PIL import Image  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="no headless browser: apt-get install -y chromium chromium-driver",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="no headless browser: apt-get install -y chromium chromium-driver",
+    ),
+]
 DOCS = Path(__file__).parents[1] / "docs"
 SAVE = os.environ.get("RECONSTRUCT_APP_SCREENSHOTS") == "1"
 
@@ -134,20 +143,51 @@ def _button(driver, text: str):
     return driver.find_element(By.XPATH, f"//button[.//p[normalize-space()='{text}']]")
 
 
-def _not_blank(png: bytes, what: str, name: str) -> None:
+def _select(driver, label: str, option: str) -> None:
+    """Choose `option` in the Streamlit selectbox labelled `label`."""
+    xpath = f"//*[@data-testid='stSelectbox'][.//p[normalize-space()='{label}']]"
+    driver.find_element(By.XPATH, xpath).find_element(By.CSS_SELECTOR, "input").click()
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.XPATH, f"//*[@role='option'][normalize-space()='{option}']")
+    )[0].click()
+    WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: (
+            d.find_element(By.XPATH, xpath)
+            .find_element(By.CSS_SELECTOR, "input")
+            .get_attribute("value")
+            == option
+        )
+    )
+    time.sleep(1)  # the rerun that stores the choice
+
+
+def _shown_inliers(driver) -> int:
+    """The inlier count in the label of the pair chosen in the Matches tab."""
+    box = driver.find_element(
+        By.XPATH, "//*[@data-testid='stSelectbox'][.//p[text()='Pair (sorted by inliers)']]"
+    )
+    label = box.find_element(By.CSS_SELECTOR, "input").get_attribute("value")
+    match = re.match(r"(\d+) inliers / \d+ matches: ", label)
+    assert match, label
+    return int(match.group(1))
+
+
+def _not_blank(png: bytes, what: str, name: str | None) -> None:
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float64)
     assert img.shape[0] > 100 and img.shape[1] > 100, f"{what} is tiny: {img.shape}"
     assert img.std() > 10, f"{what} looks blank (pixel std {img.std():.1f})"
     colours = len(np.unique(img.reshape(-1, 3).astype(np.uint8), axis=0))
     assert colours > 50, f"{what} has only {colours} colours"
-    if SAVE:
+    if SAVE and name:
         (DOCS / f"app_{name}.png").write_bytes(png)
 
 
 def _tab(driver, label: str) -> None:
-    driver.find_element(
+    tab = driver.find_element(
         By.XPATH, f"//*[@role='tab'][contains(normalize-space(.), '{label}')]"
-    ).click()
+    )
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", tab)
+    tab.click()
     time.sleep(1.5)
 
 
@@ -170,10 +210,31 @@ def test_demo_upload_run_all_and_download_ply(server, browser, tmp_path):
     if SAVE:
         driver.save_screenshot(str(DOCS / "app_sidebar.png"))
 
+    _select(driver, "Keypoints", "sift")  # the fast extractor: the test is about the page
+
     _button(driver, "Run all").click()
+    # Live progress: the stage bar and the per-image/pair bar of the running job, and Cancel.
+    bars = WebDriverWait(driver, 120, poll_frequency=0.1).until(
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=stProgress]")
+            if re.search(r"(image|pair) \d+/\d+", e.text)
+        ]
+    )
+    texts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stProgress]")]
+    assert any(re.fullmatch(r"Stage [1-6]/6: \w+", t) for t in texts), texts
+    assert re.search(r"(image|pair) \d+/\d+", bars[0].text)
+    assert _button(driver, "Cancel").is_displayed()
+    if SAVE:  # a picture of the run part-way (matching), if the poll catches it there
+        with contextlib.suppress(TimeoutException):
+            WebDriverWait(driver, 60, poll_frequency=0.1).until(
+                lambda d: re.search(r"matching: pair [1-9]", d.page_source)
+            )
+        driver.save_screenshot(str(DOCS / "app_progress.png"))
     WebDriverWait(driver, 600).until(
         lambda d: "finished stages: keypoints, pairs, matching, mapping, export" in d.page_source
     )
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stProgress]")
     assert "Traceback" not in driver.page_source
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
 
@@ -192,7 +253,15 @@ def test_demo_upload_run_all_and_download_ply(server, browser, tmp_path):
         ]
     )[0]
     wait.until(lambda d: img.size["width"] > 100)
-    _not_blank(img.screenshot_as_png, "matches image", "matches")
+    _not_blank(img.screenshot_as_png, "matches image", None)
+    # Sorted by inliers, worst first; then best first (the exact order: test_app.py).
+    worst = _shown_inliers(driver)
+    driver.find_element(By.XPATH, "//label[.//p[text()='best first']]").click()
+    time.sleep(2)
+    assert _shown_inliers(driver) >= worst
+    if SAVE:
+        time.sleep(2)
+        driver.save_screenshot(str(DOCS / "app_matches.png"))
 
     _tab(driver, "Model")
     charts = wait.until(
@@ -204,6 +273,44 @@ def test_demo_upload_run_all_and_download_ply(server, browser, tmp_path):
     )
     time.sleep(3)
     _not_blank(charts[0].screenshot_as_png, "3D model view", "model")
+
+    _tab(driver, "Evaluation")  # the ground truth of the demo scene, uploaded
+    gt_input = wait.until(
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, "input[type=file]")
+            if ".txt" in (e.get_attribute("accept") or "")
+        ]
+    )[0]
+    gt_input.send_keys(str(scene.gt_path))
+    wait.until(lambda d: "mAA (1-10 deg)" in d.page_source and "AUC @5 deg" in d.page_source)
+    table = wait.until(
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, "[data-testid=stDataFrame]")
+            if e.is_displayed()
+        ]
+    )[0]
+    time.sleep(1.5)
+    metrics = {
+        e.find_element(By.CSS_SELECTOR, "[data-testid=stMetricLabel]").text: e.find_element(
+            By.CSS_SELECTOR, "[data-testid=stMetricValue]"
+        ).text
+        for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stMetric]")
+        if e.is_displayed()
+    }
+    assert metrics["Registered (GT images)"] == "4 / 4", metrics
+    assert float(metrics["AUC @5 deg"]) > 0.5, metrics
+    assert table.size["height"] > 100
+    if SAVE:
+        driver.execute_script(
+            "arguments[0].scrollIntoView()",
+            driver.find_element(
+                By.XPATH, "//*[@data-testid='stRadio'][.//p[text()='Ground truth']]"
+            ),
+        )
+        time.sleep(1)
+        driver.save_screenshot(str(DOCS / "app_evaluation.png"))
 
     _tab(driver, "Download")
     _button(driver, "points.ply").click()

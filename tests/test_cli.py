@@ -135,3 +135,56 @@ def test_stale_output_refusal_names_the_changed_setting(synthetic_scene, tmp_pat
     code = main([*base, "--set", "keypoints.sift_contrast_threshold=0.05"])
     assert code != 0
     assert "sift_contrast_threshold: 0.02 -> 0.05" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_video_run(tmp_path, monkeypatch):
+    """`reconstruct run VIDEO` with frame extraction and the pipeline replaced by recorders:
+    returns (video path, list of the configs run_pipeline was called with)."""
+    from reconstruct import pipeline, video
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not decoded: extract_frames is replaced")
+    seen = []
+
+    def fake_extract(video_path, out, config, *, overwrite=False):
+        (out / paths.FRAMES).mkdir(parents=True, exist_ok=True)
+        return out / paths.FRAMES
+
+    class Summary:
+        frames_read = frames_kept = dropped_blurry = dropped_duplicate = 0
+
+        def format(self):
+            return "fake run"
+
+    monkeypatch.setattr(video, "extract_frames", fake_extract)
+    monkeypatch.setattr(video, "read_summary", lambda frames: Summary())
+    monkeypatch.setattr(
+        pipeline,
+        "run_pipeline",
+        lambda image_dir, out, config, **kw: seen.append(config) or Summary(),
+    )
+    return clip, seen
+
+
+def test_video_pairs_in_sequence_unless_the_yaml_says_otherwise(fake_video_run, tmp_path):
+    clip, seen = fake_video_run
+    assert main(["run", str(clip), "-o", str(tmp_path / "a"), "-q"]) == 0
+    assert seen[-1].pairs.strategy == "sequential"
+    yaml_file = tmp_path / "exhaustive.yaml"
+    yaml_file.write_text("pairs:\n  strategy: exhaustive\n")
+    assert (
+        main(["run", str(clip), "-o", str(tmp_path / "b"), "--config", str(yaml_file), "-q"]) == 0
+    )
+    assert seen[-1].pairs.strategy == "exhaustive"
+    code = main(["run", str(clip), "-o", str(tmp_path / "c"), "--set", "pairs.strategy=auto", "-q"])
+    assert code == 0
+    assert seen[-1].pairs.strategy == "auto"
+
+
+def test_python_dash_m_reconstruct_is_the_cli():
+    done = subprocess.run(
+        [sys.executable, "-m", "reconstruct", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"reconstruct {__version__}"

@@ -14,7 +14,7 @@ from reconstruct.config import (
 )
 from reconstruct.errors import ConfigError
 from reconstruct.keypoints import KeypointsConfig
-from reconstruct.pipeline import PipelineConfig, load_config
+from reconstruct.settings import VIDEO_DEFAULTS, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,3 +104,22 @@ def test_choosing_sift_chooses_a_matcher_that_can_match_it():
     chosen = {"keypoints": {"extractor": "sift"}, "matching": {"matcher": "lightglue"}}
     assert load_config(overrides=chosen).matching.matcher == "lightglue"
     assert load_config().matching.matcher == "lightglue"
+
+
+def test_defaults_layer_is_below_yaml_and_set(tmp_path):
+    assert load_config(defaults=VIDEO_DEFAULTS).pairs.strategy == "sequential"
+    assert load_config().pairs.strategy != "sequential"
+    yaml_file = tmp_path / "exhaustive.yaml"
+    yaml_file.write_text("pairs:\n  strategy: exhaustive\n")
+    assert load_config(yaml_file, defaults=VIDEO_DEFAULTS).pairs.strategy == "exhaustive"
+    chosen = {"pairs": {"strategy": "retrieval"}}
+    assert load_config(overrides=chosen, defaults=VIDEO_DEFAULTS).pairs.strategy == "retrieval"
+
+
+def test_defaults_layer_does_not_count_as_a_user_choice():
+    # a default extractor is not the user's: the patch matcher still chooses its own extractor
+    defaults = {"keypoints": {"extractor": "aliked"}}
+    cfg = load_config(overrides={"matching": {"matcher": "dinov2_patch"}}, defaults=defaults)
+    assert cfg.keypoints.extractor == "dinov2_patch"
+    with pytest.raises(ConfigError, match="defaults"):
+        load_config(defaults={"pairs": {"stratgy": "sequential"}})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ from reconstruct.config import override
 from reconstruct.errors import ConfigError, ModelWeightsError
 from reconstruct.models import dinov2
 from reconstruct.pairs import PairsConfig
+from reconstruct.retrieval import ALTERNATIVE, SETTING
+
+resolve = functools.partial(dinov2.resolve_weights, setting=SETTING, alternative=ALTERNATIVE)
+"""Weight resolution as retrieval calls it."""
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 TINY_GIANT = {"depth": 2, "embed_dim": 48, "num_heads": 2}  # SwiGLU needs an even hidden size
@@ -151,10 +156,10 @@ def test_checkpoint_of_another_backbone_is_a_typed_error(tmp_path):
 def test_explicit_path_comes_first(tmp_path, caches):
     cached = save_meta_checkpoint(tiny_source("vits14"), caches / "dinov2_vits14_pretrain.pth")
     explicit = save_meta_checkpoint(tiny_source("vits14"), tmp_path / "mine.pth")
-    assert dinov2.resolve_weights("vits14", explicit) == explicit
-    assert dinov2.resolve_weights("vits14") == cached
+    assert resolve("vits14", explicit) == explicit
+    assert resolve("vits14") == cached
     with pytest.raises(ModelWeightsError, match="does not exist"):
-        dinov2.resolve_weights("vits14", tmp_path / "missing.pth")
+        resolve("vits14", tmp_path / "missing.pth")
 
 
 def test_cache_then_torch_hub_then_hf_hub(tmp_path, caches):
@@ -190,7 +195,7 @@ def test_download_goes_to_the_cache_and_loads(tmp_path, caches, monkeypatch):
         return FakeResponse(payload)
 
     monkeypatch.setattr(dinov2, "_urlopen", fake_urlopen)
-    path = dinov2.resolve_weights("vits14")
+    path = resolve("vits14")
     assert path == caches / "dinov2_vits14_pretrain.pth"
     assert urls == [dinov2.BACKBONES["vits14"].url]
     assert not list(caches.glob(".*.part"))
@@ -198,7 +203,7 @@ def test_download_goes_to_the_cache_and_loads(tmp_path, caches, monkeypatch):
     torch.testing.assert_close(features(loaded), features(source), atol=1e-5, rtol=1e-5)
     # The next resolution finds the cached file without any download.
     monkeypatch.setattr(dinov2, "_urlopen", lambda *a: pytest.fail("downloaded twice"))
-    assert dinov2.resolve_weights("vits14") == path
+    assert resolve("vits14") == path
 
 
 @pytest.mark.parametrize("problem", ["truncated", "garbage"])
@@ -210,15 +215,21 @@ def test_bad_download_leaves_nothing_in_the_cache(tmp_path, caches, monkeypatch,
         response = FakeResponse(b"<html>not found</html>")
     monkeypatch.setattr(dinov2, "_urlopen", lambda url, timeout: response)
     with pytest.raises(ModelWeightsError, match="pairs.strategy=exhaustive"):
-        dinov2.resolve_weights("vits14")
+        resolve("vits14")
     assert not any(caches.iterdir())
 
 
-def test_no_network_is_a_typed_error_with_the_fix(caches):
-    start = time.perf_counter()
+def test_no_network_is_a_typed_error_with_the_fix(caches, monkeypatch):
+    # No wall clock: one attempt, through the real opener (sockets are blocked in tests), with
+    # a bounded timeout, so an unreachable host cannot hang the run.
+    calls = []
+    real = dinov2._urlopen
+    monkeypatch.setattr(
+        dinov2, "_urlopen", lambda url, timeout: calls.append(timeout) or real(url, timeout)
+    )
     with pytest.raises(ModelWeightsError) as info:
-        dinov2.resolve_weights("vitl14_reg")
-    assert time.perf_counter() - start < 5
+        resolve("vitl14_reg")
+    assert len(calls) == 1 and 0 < calls[0] <= 60
     message = str(info.value)
     spec = dinov2.BACKBONES["vitl14_reg"]
     assert "'vitl14_reg'" in message and spec.timm_name in message
@@ -232,7 +243,7 @@ def test_no_network_is_a_typed_error_with_the_fix(caches):
 def test_download_off_never_touches_the_network(monkeypatch):
     monkeypatch.setattr(dinov2, "_urlopen", lambda *a: pytest.fail("tried to download"))
     with pytest.raises(ModelWeightsError, match="downloads are off"):
-        dinov2.resolve_weights("vits14", download=False)
+        resolve("vits14", download=False)
 
 
 # ----------------------------------------------------------------------------- listing, identity
@@ -282,7 +293,7 @@ def test_unknown_backbone_is_a_typed_error():
 
 
 def test_error_messages_name_the_callers_settings(caches):
-    from reconstruct.models.patch_matcher import PatchFeaturesConfig, resolve_patch_weights
+    from reconstruct.models.patch_features import PatchFeaturesConfig, resolve_patch_weights
 
     cfg = override(PatchFeaturesConfig(), {"download": False})
     with pytest.raises(ModelWeightsError) as info:
@@ -292,7 +303,66 @@ def test_error_messages_name_the_callers_settings(caches):
     assert "matching.matcher=lightglue" in msg
     assert "pairs." not in msg
     with pytest.raises(ModelWeightsError, match=r"pairs\.retrieval\.download"):
-        dinov2.resolve_weights("vitb14", download=False)
+        resolve("vitb14", download=False)
+
+
+def test_tracker_errors_name_the_tracking_settings(caches):
+    from reconstruct.tracking import PatchTracker, TrackingConfig
+
+    with pytest.raises(ModelWeightsError) as info:
+        PatchTracker(TrackingConfig(method="dinov2", download=False))
+    msg = str(info.value)
+    assert "tracking.download" in msg and "--set tracking.weights=PATH" in msg
+    assert "--method flow" in msg
+    assert "pairs." not in msg and "keypoints." not in msg
+
+
+def test_load_errors_name_the_callers_settings(tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    from reconstruct.tracking import TrackingConfig
+
+    def load(path):
+        config = TrackingConfig(method="dinov2", backbone="vits14", weights=path)
+        return dinov2.load_model(config, setting="tracking", alternative="--method flow")
+
+    with pytest.raises(ModelWeightsError, match=r"--set tracking\.weights=PATH") as info:
+        load(corrupt)
+    assert "pairs." not in str(info.value)
+    reg = save_meta_checkpoint(tiny_source("vits14_reg"), tmp_path / "reg.pth")
+    with pytest.raises(ModelWeightsError, match=r"tracking\.backbone") as info:
+        load(reg)
+    assert "pairs." not in str(info.value)
+
+
+def test_load_model_loads_each_file_once(tmp_path, monkeypatch):
+    from reconstruct.models.patch_features import PatchFeaturesConfig
+
+    path = save_meta_checkpoint(tiny_source("vits14"), tmp_path / "w.pth")
+    loads = []
+    real = dinov2.load_backbone
+
+    def counting(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **TINY, **kwargs)
+
+    monkeypatch.setattr(dinov2, "load_backbone", counting)
+    dinov2.clear_model_cache()
+    try:
+        config = PatchFeaturesConfig(backbone="vits14", weights=path)
+        first = dinov2.load_model(config, setting="a", alternative="b")
+        # another user of the same file and device (other settings) gets the same model
+        again = dinov2.load_model(
+            dataclasses.replace(config, layer=3), setting="c", alternative="d"
+        )
+        assert again is first and len(loads) == 1
+        assert first.weights_id == dinov2.weights_sha256(path) and first.num_prefix_tokens == 1
+        other = save_meta_checkpoint(tiny_source("vits14", seed=1), tmp_path / "w2.pth")
+        second = dinov2.load_model(PatchFeaturesConfig(weights=other), setting="a", alternative="b")
+        assert second is not first and len(loads) == 2
+        assert second.weights_id != first.weights_id
+    finally:
+        dinov2.clear_model_cache()
 
 
 def test_models_do_not_import_stage_modules():

@@ -428,3 +428,80 @@ def test_to_dict_is_json_and_format_is_readable():
 def _unit(rng: np.random.Generator) -> np.ndarray:
     v = rng.normal(size=3)
     return v / np.linalg.norm(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-image errors
+
+
+def perturbed(cam: CameraPose, angle_deg: float, axis: np.ndarray, shift: np.ndarray):
+    """`cam` turned by `angle_deg` about `axis` (in camera coordinates) and moved by `shift`."""
+    turn = Rotation.from_rotvec(np.radians(angle_deg) * axis).as_matrix()
+    return camera(cam.name, turn @ cam.rotation, cam.center + shift)
+
+
+def test_per_image_errors_after_alignment_put_the_perturbed_camera_first():
+    gt = make_cameras(8, seed=30)
+    est = dict(gt)
+    # In GT coordinates: img03 turned by 7 degrees and moved by 3 units, then the whole model is
+    # put in another frame. The alignment (from the other 7) undoes the frame exactly.
+    axis, shift = _unit(np.random.default_rng(1)), np.array([0.0, 1.8, -2.4])  # |shift| = 3
+    est["img03.jpg"] = perturbed(gt["img03.jpg"], 7.0, axis, shift)
+    s, r, t = random_sim3(31)
+    m = evaluate(gt, [transform(est, s, r, t)])
+    assert [e.name for e in m.images][0] == "img03.jpg"
+    worst = m.images[0]
+    assert worst.status == "aligned" and worst.model == 0
+    assert worst.rotation_error_deg == pytest.approx(7.0, abs=1e-9)
+    assert worst.center_error == pytest.approx(3.0, abs=1e-9)
+    assert worst.center_error_relative == pytest.approx(3.0 / m.scene_extent, abs=1e-12)
+    for e in m.images[1:]:
+        assert e.rotation_error_deg < 1e-9 and e.center_error < 1e-9
+    assert sorted(e.name for e in m.images) == sorted(gt)
+
+
+def test_per_image_rows_are_sorted_by_the_larger_relative_error():
+    gt = make_cameras(10, seed=32)
+    est = dict(gt)
+    still = np.zeros(3)
+    est["img01.jpg"] = perturbed(gt["img01.jpg"], 2.0, np.array([1.0, 0, 0]), still)
+    est["img02.jpg"] = perturbed(gt["img02.jpg"], 4.0, np.array([0, 1.0, 0]), still)
+    est["img04.jpg"] = perturbed(gt["img04.jpg"], 1.0, np.array([0, 0, 1.0]), np.r_[3.0, 0, 0])
+    m = evaluate(gt, [est])
+    # Relative to the loosest thresholds: img04's 3-unit shift is several times 5 % of the
+    # extent; 4 degrees is 0.4 and 2 degrees 0.2 of 10 degrees; the rest are exact.
+    assert 2 * 0.05 * m.scene_extent < 3.0
+    assert [e.name for e in m.images[:3]] == ["img04.jpg", "img02.jpg", "img01.jpg"]
+    assert m.images[0].center_error == pytest.approx(3.0, abs=1e-9)
+    assert m.images[0].rotation_error_deg == pytest.approx(1.0, abs=1e-9)
+    assert m.images[1].rotation_error_deg == pytest.approx(4.0, abs=1e-9)
+    assert m.images[2].rotation_error_deg == pytest.approx(2.0, abs=1e-9)
+    assert m.images[3].rotation_error_deg < 1e-9
+
+
+def test_unregistered_and_unaligned_images_are_listed_as_such_in_text_and_json():
+    gt = make_cameras(8, seed=33)
+    big, small = names_of(gt, [0, 1, 2, 3, 4]), names_of(gt, [5, 6])  # img07 is in no model
+    m = evaluate(gt, [big, small])
+    status = {e.name: e.status for e in m.images}
+    assert status["img07.jpg"] == "not registered"
+    assert status["img05.jpg"] == status["img06.jpg"] == "not aligned"  # two cameras only
+    assert [e.name for e in m.images[:3]] == ["img07.jpg", "img05.jpg", "img06.jpg"]
+    assert {e.model for e in m.images[1:3]} == {1}
+    d = json.loads(json.dumps(m.to_dict(), allow_nan=False))
+    rows = {r["name"]: r for r in d["images"]}
+    assert [r["name"] for r in d["images"]] == [e.name for e in m.images]
+    assert rows["img07.jpg"] == {
+        "name": "img07.jpg",
+        "status": "not registered",
+        "model": None,
+        "rotation_error_deg": None,
+        "center_error": None,
+        "center_error_relative": None,
+    }
+    assert rows["img00.jpg"]["rotation_error_deg"] == pytest.approx(0.0, abs=1e-9)
+    text = format_metrics(m)
+    assert "per-image errors" in text
+    assert "img07.jpg  not registered" in text and "not aligned (model 1)" in text
+    short = format_metrics(m, max_images=2)
+    assert "img06.jpg" not in short and "6 more images" in short

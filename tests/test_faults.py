@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reconstruct import storage
+from reconstruct import paths, storage
 from reconstruct.errors import (
     DiskFullError,
     OutputLockedError,
@@ -305,3 +305,313 @@ def test_images_replaced_added_removed_between_runs(images, tmp_path, caplog):
     got_m, want_m = _matches(out / "matches.h5"), _matches(ref / "matches.h5")
     for p in want_m:  # every pair of the current images, re-matched where an image changed
         np.testing.assert_array_equal(got_m[p], want_m[p], err_msg=str(p))
+
+
+# ----------------------------------------------------------------------------- export
+
+# Two different models: A is the export already on disk, B the one being exported. Synthetic
+# (pycolmap.synthesize_dataset), so the export stage is tested alone and in seconds; B is big
+# enough (20 images, 8,000 points: about 8 MB of .bin and .txt) that its export takes a while.
+MODEL_A = {"frames": 6, "points": 500, "seed": 1}
+MODEL_B = {"frames": 20, "points": 8000, "seed": 2}
+
+
+def _synthetic_sparse(folder: Path, frames: int, points: int, seed: int) -> Path:
+    import pycolmap
+
+    options = pycolmap.SyntheticDatasetOptions()
+    options.num_rigs, options.num_cameras_per_rig = 1, 1
+    options.num_frames_per_rig, options.num_points3D = frames, points
+    pycolmap.set_random_seed(seed)
+    rec = pycolmap.synthesize_dataset(options)
+    (folder / "0").mkdir(parents=True)
+    rec.write(str(folder / "0"))  # as mapping.write_models does
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_models(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """{"a": (sparse folder, reference export folder), "b": ...}: each reference is an
+    uninterrupted export."""
+    from reconstruct.export import export_model
+
+    root = tmp_path_factory.mktemp("export_models")
+    out = {}
+    for key, spec in (("a", MODEL_A), ("b", MODEL_B)):
+        sparse = _synthetic_sparse(root / f"sparse_{key}", **spec)
+        ref = root / f"ref_{key}"
+        ref.mkdir()
+        export_model(sparse, ref)
+        out[key] = (sparse, ref)
+    return out
+
+
+def _export_files(out: Path) -> dict[str, bytes]:
+    files = {f"model/{p.name}": p.read_bytes() for p in sorted((out / "model").iterdir())}
+    files["points.ply"] = (out / "points.ply").read_bytes()
+    return files
+
+
+def _which_export(out: Path, export_models) -> tuple[str, str]:
+    """Which complete reference export `out/model` and `out/points.ply` are, byte for byte
+    ("a" or "b" each); fails on anything else (missing, partial, mixed). Bytes are compared
+    first, so pycolmap never reads a cut-short file."""
+    got = _export_files(out)
+    refs = {k: _export_files(ref) for k, (_, ref) in export_models.items()}
+    model = {k: v for k, v in got.items() if k.startswith("model/")}
+    which_model = [
+        k
+        for k, r in refs.items()
+        if model == {n: b for n, b in r.items() if n in model}
+        and set(model) == {n for n in r if n.startswith("model/")}
+    ]
+    which_ply = [k for k, r in refs.items() if got["points.ply"] == r["points.ply"]]
+    assert len(which_model) == 1, f"model/ is neither complete export: {sorted(model)}"
+    assert len(which_ply) == 1, "points.ply is neither complete export"
+    return which_model[0], which_ply[0]
+
+
+def _hidden_leftovers(out: Path) -> list[str]:
+    """Entries of `out` an export may leave when killed; fails on any visible extra entry."""
+    known = {paths.MODEL, paths.PLY, paths.SPARSE, LOCK_NAME}
+    extra = sorted(p.name for p in out.iterdir() if p.name not in known)
+    assert all(n.startswith((".model.", ".points.ply.")) for n in extra), extra
+    return extra
+
+
+def _start_with(out: Path, export_models, key: str) -> None:
+    """`out` holds the complete export `key` as its previous export."""
+    ref = export_models[key][1]
+    shutil.copytree(ref / paths.MODEL, out / paths.MODEL)
+    shutil.copy2(ref / paths.PLY, out / paths.PLY)
+
+
+def _point_sparse_at(out: Path, sparse: Path) -> None:
+    link = out / paths.SPARSE
+    if link.is_symlink() or link.exists():
+        link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(sparse, target_is_directory=True)
+
+
+def _check_model_stats(out: Path, ref: Path) -> None:
+    from reconstruct.export import model_statistics, read_poses
+
+    assert model_statistics(out / paths.MODEL) == model_statistics(ref / paths.MODEL)
+    got, want = read_poses(out / paths.MODEL), read_poses(ref / paths.MODEL)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_allclose(got[name].rotation, want[name].rotation, atol=1e-12)
+        np.testing.assert_allclose(got[name].translation, want[name].translation, atol=1e-12)
+
+
+def test_real_full_tmpfs_at_export_keeps_the_previous_model(export_models, tmp_path, capsys):
+    from reconstruct.cli import main
+
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("needs root and mount(8) to make a small filesystem")
+    out = tmp_path / "small"
+    _mount_tmpfs(out, "size=40m")
+    try:
+        _start_with(out, export_models, "a")
+        shutil.copytree(export_models["b"][0], out / paths.SPARSE)
+        used = shutil.disk_usage(out).used
+        # Room for about a third of B's export: the .bin files fit, the .txt ones do not.
+        subprocess.run(["mount", "-o", f"remount,size={used + 3_000_000}", str(out)], check=True)
+        assert main(["export", str(out), "-q"]) == 9
+        err = capsys.readouterr().err
+        assert "no space left" in err and str(out) in err and "free at least" in err
+        assert "-o" in err and "traceback" not in err.lower()
+        assert _which_export(out, export_models) == ("a", "a")  # old export intact
+        assert _hidden_leftovers(out) == []  # nothing half-written left behind
+        subprocess.run(["mount", "-o", "remount,size=60m", str(out)], check=True)
+        assert main(["export", str(out), "-q"]) == 0
+        assert _which_export(out, export_models) == ("b", "b")
+        _check_model_stats(out, export_models["b"][1])
+    finally:
+        subprocess.run(["umount", str(out)], check=False)
+
+
+@pytest.mark.parametrize("fault", ["copy_raises", "silent_short_text"])
+def test_disk_full_at_export_injected(export_models, tmp_path, monkeypatch, capsys, fault):
+    """Without root: ENOSPC raised by a copy of the .bin files, and pycolmap's behaviour on a
+    full disk (a short .txt file and no error, measured on a real tmpfs) with no free space."""
+    import pycolmap
+
+    from reconstruct import export
+    from reconstruct.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _start_with(out, export_models, "a")
+    _point_sparse_at(out, export_models["b"][0])
+    if fault == "copy_raises":
+        real_copy = shutil.copyfile
+
+        def copyfile(src, dst, *a, **k):
+            if Path(src).name == "images.bin":
+                Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+            return real_copy(src, dst, *a, **k)
+
+        monkeypatch.setattr(export.shutil, "copyfile", copyfile)
+    else:
+        real_write = pycolmap.Reconstruction.write_text
+
+        def write_text(self, path):
+            real_write(self, path)
+            target = Path(path) / "points3D.txt"
+            target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+
+        monkeypatch.setattr(pycolmap.Reconstruction, "write_text", write_text)
+        monkeypatch.setattr(export, "_free_bytes", lambda folder: 0)
+    assert main(["export", str(out), "-q"]) == 9
+    err = capsys.readouterr().err
+    assert "no space left" in err and "free at least" in err and str(out) in err
+    assert _which_export(out, export_models) == ("a", "a")
+    assert _hidden_leftovers(out) == []
+    monkeypatch.undo()
+    assert main(["export", str(out), "-q"]) == 0
+    assert _which_export(out, export_models) == ("b", "b")
+
+
+def test_short_write_with_free_space_is_a_storage_error(export_models, tmp_path, monkeypatch):
+    import pycolmap
+
+    from reconstruct.export import export_model
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _start_with(out, export_models, "a")
+    real_write = pycolmap.Reconstruction.write_text
+
+    def write_text(self, path):
+        real_write(self, path)
+        (Path(path) / "images.txt").write_bytes(b"")
+
+    monkeypatch.setattr(pycolmap.Reconstruction, "write_text", write_text)
+    with pytest.raises(StorageError) as e:
+        export_model(export_models["b"][0], out)
+    assert not isinstance(e.value, DiskFullError)
+    assert "incomplete" in str(e.value) and "left as it was" in str(e.value)
+    assert _which_export(out, export_models) == ("a", "a")
+    assert _hidden_leftovers(out) == []
+
+
+def test_unwritable_export_folder_is_a_typed_error(export_models, tmp_path, monkeypatch):
+    from reconstruct import export
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(export.tempfile, "mkdtemp", denied)
+    with pytest.raises(OutputPermissionError) as e:
+        export.export_model(export_models["a"][0], tmp_path)
+    assert e.value.exit_code == 10 and "-o" in str(e.value)
+
+
+def test_leftovers_of_a_killed_export_are_removed_and_the_old_model_restored(
+    export_models, tmp_path
+):
+    """Where folders cannot be swapped atomically, `replace_dir` moves the old model aside
+    first: a kill right then leaves no model/ but `.model.old.*/model`. The next export puts
+    it back before it starts, and removes every temporary."""
+    from reconstruct import export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ref_a = export_models["a"][1]
+    aside = out / ".model.old.x1"
+    aside.mkdir()
+    shutil.copytree(ref_a / paths.MODEL, aside / paths.MODEL)
+    (out / ".model.y2").mkdir()  # a half-written new model
+    (out / ".model.y2" / "images.bin").write_bytes(b"\0" * 10)
+    (out / ".points.ply.z3.ply").write_bytes(b"ply\n")
+    shutil.copy2(ref_a / paths.PLY, out / paths.PLY)
+    export._remove_leftovers(out)
+    assert _which_export(out, export_models) == ("a", "a")
+    assert _hidden_leftovers(out) == []
+
+
+def _export_tmp_seen(out: Path) -> bool:
+    return any(p.name.startswith(".model.") for p in out.iterdir())
+
+
+def test_kill_9_during_export_leaves_the_old_or_the_new_model(export_models, tmp_path):
+    """SIGKILL `reconstruct export` at random moments while it writes; each time model/ and
+    points.ply are a complete previous or new export and nothing visible is left; then an
+    uninterrupted re-run gives the same files as an uninterrupted export."""
+    import random
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _start_with(out, export_models, "a")
+    cmd = [sys.executable, "-m", "reconstruct.cli", "export", str(out), "-q"]
+
+    # Calibration: how long an export of B writes (from its temporary folder to its exit).
+    _point_sparse_at(out, export_models["b"][0])
+    proc = subprocess.Popen(cmd)
+    while not _export_tmp_seen(out) and proc.poll() is None:
+        time.sleep(0.001)
+    t0 = time.monotonic()
+    assert proc.wait(120) == 0
+    window = time.monotonic() - t0
+    assert _which_export(out, export_models) == ("b", "b")
+
+    rng = random.Random(15)
+    alive_kills, outcomes = 0, []
+    for i in range(5):
+        current, _ = _which_export(out, export_models)
+        target = "a" if current == "b" else "b"
+        _point_sparse_at(out, export_models[target][0])
+        proc = subprocess.Popen(cmd)
+        while not _export_tmp_seen(out) and proc.poll() is None:
+            time.sleep(0.001)
+        time.sleep(0.0 if i == 0 else rng.uniform(0.0, window))
+        alive_kills += proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        outcomes.append(_which_export(out, export_models))  # complete old or new, each
+        assert outcomes[-1][0] in (current, target)
+        _hidden_leftovers(out)  # only hidden temporaries
+    assert alive_kills >= 1, "no kill landed while an export was running"
+
+    # The re-run after the last kill: the same files as an uninterrupted export.
+    assert subprocess.run(cmd, timeout=120).returncode == 0
+    final = "b" if (out / paths.SPARSE).resolve() == export_models["b"][0].resolve() else "a"
+    assert _which_export(out, export_models) == (final, final)
+    assert _hidden_leftovers(out) == []
+    _check_model_stats(out, export_models[final][1])
+
+
+def test_unreadable_sparse_model_is_a_typed_error(export_models, tmp_path):
+    """A sparse model cut short (here a text one, which pycolmap reads line by line) is a
+    StorageError that says which stage to re-run, not a pycolmap traceback."""
+    import pycolmap
+
+    from reconstruct.export import export_model
+
+    sparse = tmp_path / "sparse"
+    (sparse / "0").mkdir(parents=True)
+    pycolmap.Reconstruction(str(export_models["a"][0] / "0")).write_text(str(sparse / "0"))
+    points = sparse / "0" / "points3D.txt"
+    points.write_bytes(points.read_bytes()[: points.stat().st_size // 2])
+    with pytest.raises(StorageError) as e:
+        export_model(sparse, tmp_path / "out")
+    assert "reconstruct map" in str(e.value) and str(sparse / "0") in str(e.value)
+
+
+def test_text_only_sparse_model_exports(export_models, tmp_path):
+    """A sparse model in text form (written by another tool) is exported too: pycolmap writes
+    the .bin files, checked against the free space only."""
+    import pycolmap
+
+    from reconstruct.export import export_model
+
+    sparse = tmp_path / "sparse"
+    (sparse / "0").mkdir(parents=True)
+    pycolmap.Reconstruction(str(export_models["a"][0] / "0")).write_text(str(sparse / "0"))
+    out = tmp_path / "out"
+    out.mkdir()
+    export_model(sparse, out)
+    assert (out / paths.MODEL / "images.bin").is_file()
+    _check_model_stats(out, export_models["a"][1])

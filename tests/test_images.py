@@ -103,3 +103,20 @@ def test_prefetch_keeps_order_and_hands_back_errors():
     assert [i for i, _ in out] == list(range(6))
     assert [r for i, r in out if i != 3] == [0, 10, 20, 40, 50]
     assert isinstance(out[3][1], ValueError)
+
+
+def test_prefetch_reads_its_items_lazily_and_keeps_none_items():
+    pulled = []
+
+    def items():
+        for i in range(10):
+            pulled.append(i)
+            yield i
+
+    it = prefetch(lambda x: x, items(), workers=2, lookahead=2)
+    assert next(it) == (0, 0)
+    assert len(pulled) <= 4  # the one yielded plus at most lookahead + 1 in flight
+    assert [i for i, _ in it] == list(range(1, 10))
+    # None is an item like any other, not the end of the stream
+    out = list(prefetch(lambda x: x, [1, 2, None, 3], workers=1, lookahead=1))
+    assert out == [(1, 1), (2, 2), (None, None), (3, 3)]

@@ -89,3 +89,27 @@ def test_lightglue_refuses_sift_features(synthetic_scene, tmp_path):
     pairs = write_pairs(tmp_path / "pairs.txt", [tuple(names)])
     with pytest.raises(ConfigError, match="matching.matcher=mnn"):
         match_pairs(pairs, feats, tmp_path, MatchingConfig())
+
+
+def test_fused_cpu_attention_gives_the_matches_of_the_math_path(features):
+    """LightGlue now runs with torch's fused CPU attention (flash=True): building the matcher
+    leaves it on, and its matches are those of the unfused path (>= 99% identical)."""
+    import torch
+
+    from reconstruct.matching import LightGlueMatcher
+
+    _, feats = features
+    torch.backends.cuda.enable_flash_sdp(False)  # as LightGlue(flash=False) used to leave it
+    matcher = LightGlueMatcher(MatchingConfig(), torch.device("cpu"))
+    assert torch.backends.cuda.flash_sdp_enabled()
+    with FeaturesReader(feats) as r:
+        data = {n: matcher.to_input(r.read(n)) for n in ("view_000.jpg", "view_001.jpg")}
+    fused, _ = matcher(data["view_000.jpg"], data["view_001.jpg"])
+    try:
+        torch.backends.cuda.enable_flash_sdp(False)
+        plain, _ = matcher(data["view_000.jpg"], data["view_001.jpg"])
+    finally:
+        torch.backends.cuda.enable_flash_sdp(True)
+    a, b = set(map(tuple, fused.tolist())), set(map(tuple, plain.tolist()))
+    assert len(a) > 150
+    assert len(a & b) >= 0.99 * max(len(a), len(b))

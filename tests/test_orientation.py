@@ -17,7 +17,8 @@ from reconstruct.orientation import (
     solve_turns,
 )
 from reconstruct.pairs import PairsConfig, select_pairs
-from reconstruct.pipeline import load_config, run_pipeline
+from reconstruct.pipeline import run_pipeline
+from reconstruct.settings import load_config
 from reconstruct.storage import FeaturesReader, MatchesReader
 
 
@@ -163,6 +164,36 @@ def test_stage_finds_every_turn(synthetic_scene, tmp_path, arrangement):
     assert (features.stat().st_mtime_ns, matches.stat().st_mtime_ns) == mtime
 
 
+def test_re_extraction_of_turned_images_applies_the_masks(synthetic_scene, tmp_path):
+    """The upright stage extracts a turned image again: its mask (given in the file's frame)
+    must still hold. The left half of every file is masked; the mask is not symmetric under
+    the half turn, so a re-extraction without the mask, or with the mask left unturned,
+    would put keypoints on the left half of the file."""
+    import cv2
+
+    images, out, masks = tmp_path / "images", tmp_path / "out", tmp_path / "masks"
+    _turned_copy(synthetic_scene, images, {"view_001.jpg": 2}, count=3)
+    masks.mkdir()
+    for path in images.iterdir():
+        h, w = read_image(path).shape[:2]
+        mask = np.full((h, w), 255, np.uint8)
+        mask[:, : w // 2] = 0
+        cv2.imwrite(str(masks / f"{path.name}.png"), mask)
+    kcfg, mcfg = KeypointsConfig(max_keypoints=512, mask_dir=masks), MatchingConfig()
+    features = extract_keypoints(images, out, kcfg, device="cpu")
+    pairs = select_pairs(images, out, PairsConfig(strategy="exhaustive"), device="cpu")
+    matches = match_pairs(pairs, features, out, mcfg, device="cpu")
+    correct_orientation(
+        images, features, pairs, matches, out, OrientationConfig(), kcfg, mcfg, device="cpu"
+    )
+    with FeaturesReader(features) as f:
+        assert int(f.attrs("view_001.jpg").get("rotation", 0)) == 2  # it was extracted again
+        for name in f.names():
+            keypoints = f.read(name).keypoints
+            assert len(keypoints) > 50, name
+            assert keypoints[:, 0].min() >= w // 2, name
+
+
 @pytest.mark.slow
 def test_turned_images_register(synthetic_scene, tmp_path):
     """Two of six views upside down and one in portrait, no EXIF: all register, poses right."""
@@ -177,6 +208,21 @@ def test_turned_images_register(synthetic_scene, tmp_path):
     assert found == {"view_001.jpg": 2, "view_003.jpg": 2, "view_004.jpg": 3}
     errors = relative_pose_errors(gt, read_all_poses(tmp_path / "out" / "sparse"))
     assert max(e.rotation_error_deg for e in errors) < 1.0
+    # portrait and upside-down views share the camera of the upright ones in the mapping; the
+    # model holds them in their files' frames, with that camera turned (mapping.json says which)
+    sparse = tmp_path / "out" / "sparse"
+    info = json.loads((sparse / "mapping.json").read_text())
+    assert info["turned_images"] == 3
+    # one camera for all six, so the principal-point policy could consider refining it
+    assert info["principal_point"][0]["images_per_camera"] == 6
+    (derived,) = info["turned_cameras"]
+    assert {v["camera_id"] for v in derived.values()} == {1}
+    assert sorted(v["quarter_turns"] for v in derived.values()) == [1, 2]
+    poses = read_all_poses(sparse)[0]
+    shared = poses["view_000.jpg"]
+    portrait = poses["view_004.jpg"]
+    assert (portrait.fx, portrait.fy) == (shared.fy, shared.fx)
+    assert portrait.cx == pytest.approx(shared.cy) and portrait.cy == pytest.approx(640 - shared.cx)
 
     # a re-run reuses everything: nothing is extracted or matched again
     again = run_pipeline(images, tmp_path / "out", cfg)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from reconstruct import paths
 from reconstruct.config import override
 from reconstruct.errors import ConfigError, InputError, ModelWeightsError
 from reconstruct.models import dinov2
@@ -24,6 +25,7 @@ from reconstruct.pairs import (
     loop_closure_pairs,
     natural_key,
     neighbour_pairs,
+    rule_pairs,
     score_cutoff,
     select_pairs,
     sequential_pairs,
@@ -278,6 +280,7 @@ def test_small_scene_is_exhaustive_without_a_model(tmp_path, monkeypatch):
         assert report["strategy_used"] == "exhaustive" and report["num_pairs"] == 10
         assert report["degree"] == {"min": 4, "median": 4.0, "max": 4}
     assert not (tmp_path / "out" / "global.h5").exists()
+    assert not (tmp_path / "out" / paths.GLOBAL_LOCAL).exists()
 
 
 def test_large_scene_without_weights_is_an_error_with_the_fix(tmp_path):
@@ -420,3 +423,54 @@ def test_sequential_with_loop_closure_end_to_end(tmp_path, tiny_weights):
     window = {tuple(sorted((order[i], order[j]))) for i, j in sequential_pairs(len(order), 2)}
     assert window <= pairs and len(pairs) > len(window)
     assert read_pairs_header(path)["strategy_used"] == "sequential+loop_closure"
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def _write_global(path, names, desc):
+    from reconstruct.aggregation import LocalDescriptorConfig
+    from reconstruct.retrieval import global_header
+    from reconstruct.storage import ResultWriter
+
+    header = global_header(LocalDescriptorConfig(), model="test")
+    with ResultWriter(path, header) as w:
+        for n, d in zip(names, desc, strict=True):
+            w.add((n,), {"descriptor": d.astype(np.float32)})
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "l1", "linf"])
+def test_memory_mapped_scores_in_blocks_equal_in_memory(tmp_path, monkeypatch, metric):
+    from reconstruct import pairs as pairs_module
+
+    rng = np.random.default_rng(3)
+    desc = rng.normal(size=(23, 8))
+    desc = (desc / np.linalg.norm(desc, axis=1, keepdims=True)).astype(np.float32)
+    names = [f"im{i:02d}.jpg" for i in range(23)]
+    path = tmp_path / "g.h5"
+    _write_global(path, names, desc)
+    order = names[::-1]  # the selection order, not the file's
+    whole = PairScores.from_descriptors(desc[::-1].astype(np.float64), metric)
+    # 3 descriptor columns and 5 score rows... per block: many row and column blocks
+    monkeypatch.setattr(pairs_module, "COLUMN_BUDGET", 3 * 8)
+    monkeypatch.setattr(pairs_module, "SCORE_BUDGET", 5 * 23)
+    with pairs_module.descriptor_matrix(path, order, tmp_path, chunk=4) as mm:
+        assert isinstance(mm, np.memmap) and mm.shape == (23, 8)
+        np.testing.assert_array_equal(mm, desc[::-1])
+        blocked = PairScores.from_descriptors(mm, metric)
+        assert blocked.block == 5
+        np.testing.assert_allclose(blocked.rows(0, 23), whole.rows(0, 23), atol=1e-12)
+        cfg = PairsConfig(top_k=3, min_pairs=2, metric=metric)
+        a = rule_pairs("retrieval", 23, cfg, mm)
+        b = rule_pairs("retrieval", 23, cfg, desc[::-1].astype(np.float64))
+        assert a.pairs == b.pairs
+    assert not list(tmp_path.glob(".descriptors-*")), "the scratch copy is deleted"
+
+
+def test_pair_cosines_exact_in_chunks():
+    from reconstruct.pairs import pair_cosines
+
+    d = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    idx0, idx1 = np.array([0, 0, 1, 2]), np.array([1, 2, 2, 2])
+    np.testing.assert_allclose(pair_cosines(d, idx0, idx1, chunk=3), [0.0, 0.6, 0.8, 1.0])
+    assert pair_cosines(d, idx0[:0], idx1[:0]).shape == (0,)

@@ -16,25 +16,27 @@ from reconstruct.images import read_image
 from reconstruct.keypoints import extract_image
 from reconstruct.mapping import MappingConfig, run_mapping
 from reconstruct.models import dinov2
-from reconstruct.models.patch_matcher import (
+from reconstruct.models.dinov2 import DinoModel
+from reconstruct.models.patch_features import (
     PatchExtractor,
     PatchFeaturesConfig,
     PatchGrid,
+    orient_by_border,
+    pca_foreground,
+    pca_rgb,
+    principal_components,
+    resolve_patch_weights,
+)
+from reconstruct.models.patch_matcher import (
     PatchMatcher,
     PatchMatchingConfig,
-    PatchModel,
     hungarian_match,
     joint_pca,
     match_descriptors,
     max_distance_for,
     mnn_cosine,
-    orient_by_border,
-    pca_foreground,
-    pca_rgb,
-    principal_components,
     ratio_match,
     refine_matches,
-    resolve_patch_weights,
 )
 from reconstruct.storage import (
     FEATURES_SCHEMA,
@@ -51,10 +53,10 @@ from reconstruct.storage import (
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}  # as in test_dinov2 / test_retrieval
 
 
-def tiny_model(backbone: str = "vits14", seed: int = 0) -> PatchModel:
+def tiny_model(backbone: str = "vits14", seed: int = 0) -> DinoModel:
     torch.manual_seed(seed)
     module = dinov2.build_model(backbone, **TINY)
-    return PatchModel(module, backbone, torch.device("cpu"), f"random-{seed}")
+    return DinoModel(module, backbone, torch.device("cpu"), f"random-{seed}")
 
 
 def unit_angles(degrees) -> np.ndarray:

@@ -18,7 +18,8 @@ from reconstruct.errors import MappingError, StaleOutputError
 from reconstruct.evaluation import relative_pose_errors
 from reconstruct.export import read_all_poses
 from reconstruct.gt import read_cameras_txt
-from reconstruct.pipeline import load_config, run_pipeline
+from reconstruct.pipeline import run_pipeline
+from reconstruct.settings import load_config
 from reconstruct.storage import MatchesReader
 
 

@@ -7,31 +7,30 @@ import numpy as np
 import pytest
 import torch
 
-from reconstruct import paths
+from reconstruct import paths, retrieval
 from reconstruct.config import override
 from reconstruct.errors import ConfigError, StaleOutputError
 from reconstruct.models import dinov2
+from reconstruct.models.dinov2 import DinoModel, preprocess, target_size
 from reconstruct.retrieval import (
-    DescriptorModel,
     RetrievalConfig,
     compute_global_descriptors,
+    describe_batch,
     pool_tokens,
-    preprocess,
-    target_size,
 )
 from reconstruct.storage import GLOBAL_SCHEMA, read_global_descriptors, read_header
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
-def tiny_model(backbone="vits14", seed=0) -> DescriptorModel:
+def tiny_model(backbone="vits14", seed=0) -> DinoModel:
     torch.manual_seed(seed)
     module = dinov2.build_model(backbone, **TINY)
     with torch.no_grad():  # make the layer scales matter, as in trained weights
         for block in module.blocks:
             block.ls1.gamma.fill_(0.5)
             block.ls2.gamma.fill_(0.5)
-    return DescriptorModel(module, backbone, torch.device("cpu"), f"random-{seed}")
+    return DinoModel(module, backbone, torch.device("cpu"), f"random-{seed}")
 
 
 def write_images(folder, sizes) -> list[str]:
@@ -100,7 +99,7 @@ def test_pool_tokens_exact_values():
 def test_descriptor_shapes_for_each_pooling(backbone, pooling):
     model = tiny_model(backbone)
     batch = np.stack([preprocess(np.full((40, 60, 3), v, np.uint8), 56) for v in (10, 200)])
-    desc = model(batch, pooling)
+    desc = describe_batch(model, batch, pooling)
     assert desc.shape == (2, 64) and desc.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(desc[0], desc[1])
@@ -111,10 +110,10 @@ def test_registers_are_not_pooled():
     assert model.num_prefix_tokens == 5
     x = np.stack([preprocess(np.full((56, 56, 3), 90, np.uint8), 56)])
     with torch.inference_mode():
-        tokens = model.model.forward_features(torch.from_numpy(x))
+        tokens = model.module.forward_features(torch.from_numpy(x))
     assert tokens.shape[1] == 5 + 16
     expected = torch.nn.functional.normalize(tokens[:, 5:].max(dim=1).values)
-    np.testing.assert_allclose(model(x), expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(describe_batch(model, x), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_batch_and_single_give_the_same_descriptors():
@@ -122,8 +121,8 @@ def test_batch_and_single_give_the_same_descriptors():
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
     batch = np.stack([preprocess(im, 56) for im in images])
-    together = model(batch)
-    alone = np.concatenate([model(batch[i : i + 1]) for i in range(3)])
+    together = describe_batch(model, batch)
+    alone = np.concatenate([describe_batch(model, batch[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
@@ -146,14 +145,14 @@ def test_global_h5_contents_and_mixed_sizes(tmp_path):
     # Each descriptor equals the one computed alone (batching across sizes is per shape).
     for i, name in enumerate(names):
         image = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / name)), cv2.COLOR_BGR2RGB)
-        alone = model(preprocess(image, 56)[None])[0]
+        alone = describe_batch(model, preprocess(image, 56)[None])[0]
         np.testing.assert_allclose(desc[i], alone, rtol=1e-4, atol=1e-5)
     header = read_header(path, GLOBAL_SCHEMA)
     assert header.config["backbone"] == "vits14" and header.config["pooling"] == "max"
     assert header.extra["weights_sha256"] == "random-0"
 
 
-def test_resume_skips_done_images_and_hash_ignores_batch_size(tmp_path):
+def test_resume_skips_done_images_and_hash_ignores_batch_size(tmp_path, monkeypatch):
     names = write_images(tmp_path / "images", [(64, 48)] * 4)
     model = tiny_model()
     config = RetrievalConfig(backbone="vits14", resolution=56)
@@ -162,20 +161,16 @@ def test_resume_skips_done_images_and_hash_ignores_batch_size(tmp_path):
     )
 
     calls = []
-    original = DescriptorModel.__call__
 
-    def counting(self, batch, *args):
+    def counting(model, batch, *args):
         calls.append(len(batch))
-        return original(self, batch, *args)
+        return describe_batch(model, batch, *args)
 
-    DescriptorModel.__call__ = counting
-    try:
-        again = override(config, {"batch_size": 3, "workers": 0})
-        _, have, desc = compute_global_descriptors(
-            tmp_path / "images", names, tmp_path / "out", again, model=model
-        )
-    finally:
-        DescriptorModel.__call__ = original
+    monkeypatch.setattr(retrieval, "describe_batch", counting)
+    again = override(config, {"batch_size": 3, "workers": 0})
+    _, have, desc = compute_global_descriptors(
+        tmp_path / "images", names, tmp_path / "out", again, model=model
+    )
     assert sum(calls) == 2 and have == names and desc.shape == (4, 64)
 
 

@@ -7,7 +7,8 @@ import pytest
 from reconstruct.evaluation import relative_pose_errors
 from reconstruct.export import read_all_poses
 from reconstruct.gt import read_cameras_txt
-from reconstruct.pipeline import load_config, run_pipeline
+from reconstruct.pipeline import run_pipeline
+from reconstruct.settings import load_config
 
 SIFT = {"keypoints": {"extractor": "sift"}, "matching": {"matcher": "mnn"}}
 

@@ -286,3 +286,40 @@ def test_learned_features_recover_the_known_relative_pose(tmp_path: Path) -> Non
     assert inliers.sum() > 200
     assert rotation_error < 0.5
     assert direction_cos > np.cos(np.radians(3))
+
+
+def test_principal_offset_moves_the_camera_and_the_render_agrees() -> None:
+    """An off-centre principal point (for the principal-point policy's scenes): the cameras
+    carry it and the rays are cast through it, so scene points project back to pixel centres."""
+    from reconstruct.synthetic import make_cameras
+
+    config = dataclasses.replace(TINY, principal_offset=(3.0, -2.0))
+    cams = make_cameras(config)
+    cam = next(iter(cams.values()))
+    assert (cam.cx, cam.cy) == (TINY.width / 2 + 3.0, TINY.height / 2 - 2.0)
+    cols, rows = np.meshgrid(np.arange(TINY.width), np.arange(TINY.height))
+    centres = np.stack([cols + 0.5, rows + 0.5], axis=-1)
+    points = point_map(build_planes(), cam, TINY.width, TINY.height)
+    valid = np.isfinite(points[..., 0])
+    uv, _ = project(cam, points[valid])
+    assert np.abs(uv - centres[valid]).max() < 1e-6
+    with pytest.raises(ValueError, match="principal_offset"):
+        SceneConfig(principal_offset=(200.0, 0.0))
+
+
+def test_low_contrast_gives_a_nearly_textureless_scene() -> None:
+    from reconstruct.synthetic import build_world, make_cameras
+
+    cam = next(iter(make_cameras(TINY).values()))
+    full = render_view(build_world(TINY), cam, TINY.width, TINY.height, 1).astype(float)
+    flat_config = dataclasses.replace(TINY, contrast=0.05)
+    flat = render_view(build_world(flat_config), cam, TINY.width, TINY.height, 1).astype(float)
+
+    # local texture (high frequencies), not the shading that tells the planes apart
+    def detail(image):
+        gray = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2GRAY)
+        return np.median(np.abs(cv2.Laplacian(gray, -1)))  # the median skips plane edges
+
+    assert detail(flat) < 0.15 * detail(full)
+    with pytest.raises(ValueError, match="contrast"):
+        SceneConfig(contrast=0.0)

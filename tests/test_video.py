@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from reconstruct.errors import InputError, StaleOutputError
+from reconstruct.images import list_images
 from reconstruct.synthetic import VideoSceneConfig, make_video
 from reconstruct.video import (
     VideoConfig,
@@ -63,7 +65,7 @@ def test_adaptive_sampling_drops_exactly_the_blurred_and_paused_frames(synthetic
     dropped = set(synthetic.blurred) | set(synthetic.duplicates)
     expected = [frame_name(t) for i, t in enumerate(synthetic.times) if i not in dropped]
     assert sorted(p.name for p in frames_dir.glob("*.jpg")) == expected
-    record = json.loads((frames_dir / "frames.json").read_text())
+    record = json.loads((tmp_path / "frames.json").read_text())
     assert record["schema"] == "reconstruct.frames" and record["summary"]["frames_kept"] == n - 7
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".frames.")]
 
@@ -89,14 +91,36 @@ def test_fps_mode_and_max_frames(synthetic, tmp_path):
 
 def test_reuse_stale_and_overwrite(synthetic, tmp_path):
     frames_dir = extract_frames(synthetic.path, tmp_path, ADAPTIVE)
-    stamp = (frames_dir / "frames.json").stat().st_mtime_ns
+    stamp = (tmp_path / "frames.json").stat().st_mtime_ns
     assert extract_frames(synthetic.path, tmp_path, ADAPTIVE) == frames_dir
-    assert (frames_dir / "frames.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert (tmp_path / "frames.json").stat().st_mtime_ns == stamp  # reused, not rewritten
     other = VideoConfig(min_motion=7.0)
     with pytest.raises(StaleOutputError, match="--overwrite"):
         extract_frames(synthetic.path, tmp_path, other)
     extract_frames(synthetic.path, tmp_path, other, overwrite=True)
     assert read_summary(frames_dir).frames_kept < len(synthetic.cameras) - 7
+
+
+def test_frames_folder_holds_only_images_so_a_rerun_warns_of_nothing(synthetic, tmp_path, caplog):
+    frames_dir = extract_frames(synthetic.path, tmp_path, ADAPTIVE)
+    assert (tmp_path / "frames.json").is_file()  # the summary sits beside frames/
+    assert {p.suffix for p in frames_dir.iterdir()} == {".jpg"}
+    with caplog.at_level(logging.WARNING):
+        assert extract_frames(synthetic.path, tmp_path, ADAPTIVE) == frames_dir  # re-run: reuse
+        names = list_images(frames_dir)  # what every later stage does
+    assert len(names) == len(synthetic.cameras) - 7
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_frames_without_a_summary_are_redone(synthetic, tmp_path):
+    # an extraction interrupted after frames/ was renamed in, before frames.json was written
+    frames_dir = extract_frames(synthetic.path, tmp_path, ADAPTIVE)
+    (tmp_path / "frames.json").unlink()
+    (frames_dir / "t000999.000.jpg").write_bytes(b"left over")
+    assert extract_frames(synthetic.path, tmp_path, ADAPTIVE) == frames_dir
+    assert read_summary(frames_dir).frames_kept == len(synthetic.cameras) - 7
+    assert not (frames_dir / "t000999.000.jpg").exists()
+    assert len(list(frames_dir.glob("*.jpg"))) == len(synthetic.cameras) - 7
 
 
 def test_is_video(synthetic, tmp_path):
@@ -164,3 +188,17 @@ def test_real_phone_video_decodes_upright(tmp_path):
     summary = read_summary(extract_frames(path, tmp_path, config))
     assert (summary.width, summary.height) == (720, 1280)  # rotation metadata applied
     assert 20 <= summary.frames_kept <= 25 and not summary.truncated
+
+
+def test_a_folder_of_videos_is_video_input(synthetic, tmp_path):
+    from reconstruct.cli import _video_inputs
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "b.mp4").write_bytes(synthetic.path.read_bytes())
+    (folder / "a.mov").write_bytes(synthetic.path.read_bytes())
+    (folder / "notes.txt").write_text("x")
+    assert _video_inputs(folder) == [folder / "a.mov", folder / "b.mp4"]
+    assert _video_inputs(folder / "b.mp4") == [folder / "b.mp4"]
+    (folder / "photo.jpg").write_bytes(b"x")  # a folder with photos is a photo folder
+    assert _video_inputs(folder) == []

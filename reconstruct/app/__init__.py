@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,4 +42,18 @@ def launch(host: str = "127.0.0.1", port: int = 8501, workdir: Path = Path("."))
         str(workdir),
     ]
     logger.info("Starting the app on http://%s:%d (workdir %s)", host, port, workdir)
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    # SIGTERM to `reconstruct app` must reach the server: with a bare subprocess.call the
+    # launcher dies and the Streamlit server lives on as an orphan, holding the port.
+    forward = signal.SIGTERM, signal.SIGHUP
+    previous = {s: signal.signal(s, lambda signum, _f: proc.send_signal(signum)) for s in forward}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: let the server stop
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

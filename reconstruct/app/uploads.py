@@ -123,3 +123,37 @@ def pick_folder(workdir: Path, relative: str) -> Path:
     if not path.is_relative_to(root) or not path.is_dir():
         raise InputError(f"{relative!r} is not a folder under the app's workdir {root}")
     return path
+
+
+def pick_file(workdir: Path, relative: str) -> Path:
+    """A file under `workdir` chosen by the user; refuses anything outside it."""
+    root = Path(workdir).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise InputError(f"{relative!r} is not a file under the app's workdir {root}")
+    return path
+
+
+def save_text_upload(data: bytes, target: Path, limits: UploadLimits = UploadLimits()) -> Path:
+    """Write an uploaded text file (a ground-truth ``cameras.txt``) to `target` atomically.
+
+    Refuses files over the per-file limit and anything that is not UTF-8 text; the content is
+    parsed later by the library (`gt.read_cameras_txt`), never executed.
+    """
+    if len(data) > limits.max_file_bytes:
+        raise InputError(
+            f"the uploaded file has {len(data)} bytes, over the {limits.max_file_bytes} byte limit"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the uploaded file is not UTF-8 text: upload a cameras.txt") from None
+    if "\x00" in text:
+        raise InputError("the uploaded file is binary, not text: upload a cameras.txt")
+    if target.is_file() and target.read_bytes() == data:
+        return target  # the same file again (the page reruns often): keep its mtime, and caches
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target

@@ -9,14 +9,18 @@ that layout. Both go through the same :func:`load_backbone`.
 
 Weights are resolved in this order (:func:`resolve_weights`):
 
-1. an explicit file (``--set pairs.retrieval.weights=PATH``);
+1. an explicit file (``--set pairs.retrieval.weights=PATH``, or the caller's own setting);
 2. the cache: ``$RECONSTRUCT_CACHE/weights/`` (default ``~/.cache/reconstruct/weights/``), then
    torch hub's checkpoint folder and the Hugging Face hub cache, read-only;
 3. a download of the official file into the cache, with a progress bar (only when allowed);
 4. a :class:`~reconstruct.errors.ModelWeightsError` naming the model, the URL, where to put the
-   file and the alternative (``--set pairs.strategy=exhaustive``).
+   file, the caller's setting and the caller's way around the model.
 
-Nothing here downloads or builds a model at import; torch and timm are imported when needed.
+:func:`load_model` is the one way to get a ready backbone (a :class:`DinoModel`): retrieval, the
+patch features and the tracker all call it with their own setting name (``pairs.retrieval``,
+``keypoints.patch``, ``tracking``), and a backbone is loaded once per process for each weights
+file and device. Nothing here downloads or builds a model at import; torch and timm are
+imported when needed.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import logging
 import os
 import re
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -209,19 +214,7 @@ def find_cached(spec: BackboneSpec) -> Path | None:
     return None
 
 
-DEFAULT_SETTING = "pairs.retrieval"
-DEFAULT_ALTERNATIVE = (
-    "match every pair instead: --set pairs.strategy=exhaustive (N(N-1)/2 pairs: slow for large "
-    "scenes)"
-)
-
-
-def _missing_message(
-    spec: BackboneSpec,
-    reason: str,
-    setting: str = DEFAULT_SETTING,
-    alternative: str = DEFAULT_ALTERNATIVE,
-) -> str:
+def _missing_message(spec: BackboneSpec, reason: str, setting: str, alternative: str) -> str:
     cache = weights_dir()
     looked = ", ".join(str(p) for p in cache_candidates(spec)[:2]) + ", torch hub and HF hub caches"
     return (
@@ -241,12 +234,13 @@ def resolve_weights(
     explicit: Path | None = None,
     *,
     download: bool = True,
-    setting: str = DEFAULT_SETTING,
-    alternative: str = DEFAULT_ALTERNATIVE,
+    setting: str,
+    alternative: str,
 ) -> Path:
     """The weights file to use for `backbone`: explicit path, cache, download, or a typed error.
 
-    `setting` is the caller's settings prefix (``pairs.retrieval``, ``keypoints.patch``) and
+    `setting` is the caller's settings prefix (``pairs.retrieval``, ``keypoints.patch``,
+    ``tracking``: the error messages name ``<setting>.weights`` and ``<setting>.download``) and
     `alternative` the way around the model, both named in the error messages."""
     spec = get_spec(backbone)
     if explicit is not None:
@@ -280,15 +274,15 @@ def resolve_weights(
 def _urlopen(url: str, timeout: float):
     """Open `url` for reading (a seam for tests, which serve files from memory)."""
     request = urllib.request.Request(url, headers={"User-Agent": "reconstruct"})
-    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - fixed https URLs
+    return urllib.request.urlopen(request, timeout=timeout)  # our fixed https URLs only
 
 
 def download_weights(
     spec: BackboneSpec,
     dest_dir: Path | None = None,
     *,
-    setting: str = DEFAULT_SETTING,
-    alternative: str = DEFAULT_ALTERNATIVE,
+    setting: str,
+    alternative: str,
 ) -> Path:
     """Download the official weights of `spec` into the cache with a progress bar.
 
@@ -296,60 +290,16 @@ def download_weights(
     loads as a checkpoint) and only then renamed, so an interrupted or corrupt download never
     lands in the cache. Any failure is a ModelWeightsError that says how to get the file.
     """
-    from tqdm import tqdm
-
     dest_dir = Path(dest_dir) if dest_dir is not None else weights_dir()
     dest = dest_dir / spec.filename
     tmp = dest_dir / f".{spec.filename}.{os.getpid()}.part"
     logger.info("Downloading %s weights from %s to %s", spec.name, spec.url, dest)
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        written = 0
-        with _urlopen(spec.url, DOWNLOAD_TIMEOUT) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with (
-                open(tmp, "wb") as f,
-                tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=f"download {spec.filename}",
-                ) as bar,
-            ):
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-        if total is not None and written != total:
-            raise ModelWeightsError(
-                _missing_message(
-                    spec,
-                    f"the download stopped after {written} of {total} bytes",
-                    setting,
-                    alternative,
-                )
-            )
-        sha = digest.hexdigest()
-        if spec.sha256 and sha != spec.sha256:
-            raise ModelWeightsError(
-                _missing_message(
-                    spec,
-                    f"the download has SHA-256 {sha}, expected {spec.sha256}",
-                    setting,
-                    alternative,
-                )
-            )
-        try:
-            read_state_dict(tmp)
-        except ModelWeightsError as e:
-            raise ModelWeightsError(
-                _missing_message(
-                    spec, f"the downloaded file is not a checkpoint ({e})", setting, alternative
-                )
-            ) from None
+        written, total, sha = _stream_to_file(spec.url, tmp, f"download {spec.filename}")
+        problem = _download_problem(spec, tmp, written, total, sha, setting)
+        if problem:
+            raise ModelWeightsError(_missing_message(spec, problem, setting, alternative))
         os.replace(tmp, dest)
     except ModelWeightsError:
         tmp.unlink(missing_ok=True)
@@ -365,6 +315,43 @@ def download_weights(
     _remember_sha256(dest, sha)
     logger.info("Saved %s (%.0f MB, sha256 %s)", dest, written / 2**20, sha)
     return dest
+
+
+def _stream_to_file(url: str, path: Path, desc: str) -> tuple[int, int | None, str]:
+    """Write the body of `url` to `path` with a progress bar; returns (bytes written, the
+    announced Content-Length or None, SHA-256 of what was written)."""
+    from tqdm import tqdm
+
+    digest = hashlib.sha256()
+    written = 0
+    with _urlopen(url, DOWNLOAD_TIMEOUT) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with (
+            open(path, "wb") as f,
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar,
+        ):
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+    return written, total, digest.hexdigest()
+
+
+def _download_problem(
+    spec: BackboneSpec, path: Path, written: int, total: int | None, sha: str, setting: str
+) -> str | None:
+    """What is wrong with a downloaded file (truncated, wrong checksum, not a checkpoint), or
+    None when it can go into the cache."""
+    if total is not None and written != total:
+        return f"the download stopped after {written} of {total} bytes"
+    if spec.sha256 and sha != spec.sha256:
+        return f"the download has SHA-256 {sha}, expected {spec.sha256}"
+    try:
+        read_state_dict(path, setting=setting)
+    except ModelWeightsError as e:
+        return f"the downloaded file is not a checkpoint ({e})"
+    return None
 
 
 # ----------------------------------------------------------------------------- identity
@@ -439,8 +426,16 @@ def build_model(backbone: str, **overrides: Any):
     return timm.create_model(spec.timm_name, **kwargs).eval()
 
 
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """Tensors of a checkpoint file (.pth/.pt/.bin through torch, .safetensors), on the CPU."""
+def _weights_hint(setting: str | None) -> str:
+    if setting is None:
+        return "pass another weights file"
+    return f"pass another file with --set {setting}.weights=PATH"
+
+
+def read_state_dict(path: Path, *, setting: str | None = None) -> dict[str, Any]:
+    """Tensors of a checkpoint file (.pth/.pt/.bin through torch, .safetensors), on the CPU.
+
+    `setting` (the caller's settings prefix) is named in the error messages."""
     import torch
 
     path = Path(path)
@@ -453,11 +448,10 @@ def read_state_dict(path: Path) -> dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelWeightsError(f"weights file {path} does not exist") from None
-    except Exception as e:  # noqa: BLE001 - pickle, zip, safetensors and torch errors alike
+    except Exception as e:  # pickle, zip, safetensors and torch errors alike
         raise ModelWeightsError(
             f"weights file {path} is corrupt or not a checkpoint ({type(e).__name__}: {e}); "
-            "delete it and download it again, or pass another file with "
-            "--set pairs.retrieval.weights=PATH"
+            f"delete it and download it again, or {_weights_hint(setting)}"
         ) from None
     if isinstance(state, dict):
         for key in ("model", "state_dict", "teacher"):
@@ -509,17 +503,26 @@ def _flatten_block_chunks(state: dict[str, Any]) -> dict[str, Any]:
     return {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}
 
 
-def load_backbone(backbone: str, weights_path: Path, *, device: Any = "cpu", **overrides: Any):
+def load_backbone(
+    backbone: str,
+    weights_path: Path,
+    *,
+    device: Any = "cpu",
+    setting: str | None = None,
+    **overrides: Any,
+):
     """Build `backbone` and load `weights_path` into it (official Meta or timm layout).
 
-    A missing, corrupt or mismatched file is a ModelWeightsError that says what was found.
+    A missing, corrupt or mismatched file is a ModelWeightsError that says what was found (and
+    names the caller's `setting` prefix). Most callers want :func:`load_model`.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     spec = get_spec(backbone)
-    state = read_state_dict(Path(weights_path))
+    state = read_state_dict(Path(weights_path), setting=setting)
     model = build_model(backbone, **overrides)
     found = describe_state_dict(state)
+    pick = f"Pick the matching {f'{setting}.backbone' if setting else 'backbone'} or file."
     try:
         state = checkpoint_filter_fn(_flatten_block_chunks(dict(state)), model)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -528,7 +531,7 @@ def load_backbone(backbone: str, weights_path: Path, *, device: Any = "cpu", **o
             f"weights file {weights_path} does not fit backbone {spec.name!r} "
             f"(expects embed_dim {spec.embed_dim}, {spec.depth} blocks"
             f"{', 4 registers' if spec.registers else ''}; the file has {found}): "
-            f"{str(e).splitlines()[0][:300]}"
+            f"{str(e).splitlines()[0][:300]}. {pick}"
         ) from None
     unexpected = [k for k in unexpected if not k.startswith("head.")]
     if missing or unexpected:
@@ -537,10 +540,77 @@ def load_backbone(backbone: str, weights_path: Path, *, device: Any = "cpu", **o
             f"{found}); missing keys: {', '.join(missing[:5]) or 'none'}"
             f"{' ...' if len(missing) > 5 else ''}; unexpected keys: "
             f"{', '.join(unexpected[:5]) or 'none'}{' ...' if len(unexpected) > 5 else ''}. "
-            "Pick the matching pairs.retrieval.backbone or the matching file."
+            f"{pick}"
         )
     logger.info("Loaded DINOv2 %s from %s", spec.name, weights_path)
     return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class DinoModel:
+    """A DINOv2 backbone ready for inference, plus what identifies its outputs (for hashes)."""
+
+    module: Any  # timm VisionTransformer, eval mode
+    backbone: str  # our name, e.g. "vits14"
+    device: Any
+    weights_id: str  # SHA-256 of the weights file, or "random-..." for tests and timing runs
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register tokens before the patch tokens."""
+        return int(getattr(self.module, "num_prefix_tokens", 1))
+
+
+class WeightsSettings(Protocol):
+    """The weight settings every DINOv2 user has (retrieval, patch features, tracking)."""
+
+    backbone: str
+    weights: Path | None
+    download: bool
+
+
+def weights_of(settings: WeightsSettings, *, setting: str, alternative: str) -> tuple[Path, str]:
+    """(weights file, SHA-256) of `settings`, resolved as :func:`resolve_weights` says."""
+    path = resolve_weights(
+        settings.backbone,
+        settings.weights,
+        download=settings.download,
+        setting=setting,
+        alternative=alternative,
+    )
+    return path, weights_sha256(path)
+
+
+def load_model(
+    settings: WeightsSettings, *, device: Any = "cpu", setting: str, alternative: str
+) -> DinoModel:
+    """The DINOv2 backbone of `settings` on `device`: the weights resolved by
+    :func:`weights_of` (an explicit file, the cache, a download, or a ModelWeightsError naming
+    `setting` and `alternative`), loaded once per process for each weights file and device."""
+    path, sha = weights_of(settings, setting=setting, alternative=alternative)
+    backbone = settings.backbone
+    key = (backbone, str(path.resolve()), sha, str(device))
+    model = _LOADED.get(key)
+    if model is None:
+        module = load_backbone(backbone, path, device=device, setting=setting)
+        model = _LOADED[key] = DinoModel(module, backbone, device, sha)
+        while len(_LOADED) > LOADED_MODELS:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
+    return model
+
+
+# A run holds at most retrieval's backbone and the patch features' one; a third (another file
+# or device) evicts the oldest rather than keeping gigabytes alive. Not functools.lru_cache: the
+# setting named in load errors must not be part of the key (retrieval and the patch features
+# may share one vitb14 file).
+LOADED_MODELS = 2
+_LOADED: OrderedDict[tuple[str, str, str, str], DinoModel] = OrderedDict()
+
+
+def clear_model_cache() -> None:
+    """Forget the models :func:`load_model` loaded (frees their memory once unreferenced)."""
+    _LOADED.clear()
 
 
 def to_meta_layout(model, *, seed: int = 0) -> dict[str, Any]:
@@ -619,7 +689,8 @@ def format_weights_table() -> str:
         else:
             lines.append(f"{r.backbone:<11} {'missing':<8} {'':>9}  {r.url}")
     lines.append(
-        "Missing files are downloaded on first use (unless pairs.retrieval.download=false); "
-        "to install one by hand, put the file from the URL in the cache folder above."
+        "Missing files are downloaded on first use unless the model's download setting is off "
+        "(pairs.retrieval.download, keypoints.patch.download, tracking.download); to install "
+        "one by hand, put the file from the URL in the cache folder above."
     )
     return "\n".join(lines)

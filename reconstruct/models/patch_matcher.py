@@ -1,23 +1,7 @@
 """DINOv2 patch matching: a dense alternative to ALIKED + LightGlue (see docs/patch_matcher.md).
 
-**Extraction** (:class:`PatchExtractor`, settings :class:`PatchFeaturesConfig`). An image is
-resized so its long side is ``resolution`` pixels with both sides multiples of 14 (the same
-preprocessing as retrieval) and run through DINOv2 once. The output of block ``layer`` (after the
-final norm) is a grid of patch tokens, one per 14 x 14 patch, optionally bilinearly upsampled
-``upsample`` times per side. Keypoints are the centres of the grid cells, mapped to the pixel
-frame of the given image (COLMAP convention: the top-left image corner is (0, 0), so the first
-patch centre is at (7, 7) in the DINOv2 input); descriptors are the L2-normalised tokens; scores
-are 1, or the foreground score when ``foreground=pca``. The keypoints of an image depend only on
-its size and the settings, never on the image it is matched with, so COLMAP tracks work. They are
-listed in row-major grid order (after foreground filtering).
-
-**Foreground** (:func:`pca_foreground`). The first principal component of an image's patch
-tokens usually separates the object from the background, but the sign of a principal component
-is arbitrary: taken as the solver returns it, it picks the background as often as the object.
-We fix it with a rule that does not flip between images: *the image border is mostly
-background*. The component is standardised (zero mean, unit variance over the patches) and
-negated if more than half of the border patches are positive (ties: if the border mean is
-positive). Patches whose standardised component exceeds ``foreground_threshold`` are foreground.
+The matching half; the features it matches (keypoints at patch centres, L2-normalised tokens)
+come from ``patch_features.py``.
 
 **Matching** (:class:`PatchMatcher`, settings :class:`PatchMatchingConfig`), pure functions:
 
@@ -46,62 +30,16 @@ torch and timm are imported when needed; nothing is loaded or downloaded at impo
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ..config import option
-from . import dinov2
-from .dinov2 import Backbone, preprocess, target_size
-
-logger = logging.getLogger(__name__)
-
-PATCH_SIZE = dinov2.PATCH_SIZE
-
+from .patch_features import l2_normalize, principal_components
 
 # ----------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True, kw_only=True)
-class PatchFeaturesConfig:
-    """DINOv2 patch features (`keypoints.patch.*`, used when keypoints.extractor=dinov2_patch)."""
-
-    backbone: Backbone = option(
-        "vits14",
-        "DINOv2 backbone; vits14 is 3x faster than vitb14 on CPU (vitb14 shares retrieval's file)",
-    )
-    resolution: int = option(
-        518, "long side given to DINOv2, pixels, a multiple of 14 (518: 37 patches)"
-    )
-    layer: int = option(
-        -1, "transformer block whose output (after the final norm) gives descriptors; -1: last"
-    )
-    upsample: int = option(
-        1, "grid cells per patch side: 1 = a keypoint per 14 px patch, 2 = every 7 px (bilinear)"
-    )
-    foreground: Literal["none", "pca"] = option(
-        "none", "none: keep every patch; pca: keep patches on the foreground side of the 1st PC"
-    )
-    foreground_threshold: float = option(
-        0.0, "pca: keep patches whose standardised 1st PC (border side negative) exceeds this"
-    )
-    weights: Path | None = option(
-        None,
-        "weights file (official Meta .pth or timm .safetensors); default: cache, then download",
-        hashed=False,
-    )
-    download: bool = option(
-        True, "download missing weights into the cache (RECONSTRUCT_CACHE)", hashed=False
-    )
-
-    def __post_init__(self) -> None:
-        dinov2.check_resolution(self.resolution)
-        if not 1 <= self.upsample <= 4:
-            raise ValueError(f"upsample must be 1, 2, 3 or 4, got {self.upsample}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,97 +70,11 @@ class PatchMatchingConfig:
             raise ValueError(f"pca_dim must be at least 1 or None, got {self.pca_dim}")
 
 
-# ----------------------------------------------------------------------------- PCA, foreground
-
-
-def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-`k` principal components of the rows of `x` (N, D).
-
-    Returns (projections (N, k), components (k, D), mean (D,)), float64. Each component's sign is
-    made deterministic (its largest-magnitude loading is positive), but it carries no meaning:
-    :func:`pca_foreground` fixes the sign that matters with its border rule.
-    """
-    x = np.asarray(x, np.float64)
-    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-    centred = x - mean
-    k = max(0, min(k, *centred.shape))
-    if k == 0:
-        return np.zeros((len(x), 0)), np.zeros((0, x.shape[1])), mean
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    comps = vt[:k]
-    flip = np.sign(comps[np.arange(k), np.argmax(np.abs(comps), axis=1)])
-    comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
-    return centred @ comps.T, comps, mean
-
-
-def border_mask(height: int, width: int) -> np.ndarray:
-    """bool (H, W): the outer ring of cells of a grid."""
-    border = np.zeros((height, width), bool)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    return border
-
-
-def orient_by_border(first_pc: np.ndarray) -> np.ndarray:
-    """`first_pc` (H, W), zero-mean, negated if needed so that the border is mostly negative.
-
-    Negated when more than half of the border cells are positive; on a tie, when the border
-    mean is positive. Negating the input never changes the result (up to exact ties of both).
-    """
-    values = first_pc[border_mask(*first_pc.shape)]
-    positive, negative = int((values > 0).sum()), int((values < 0).sum())
-    if positive > negative or (positive == negative and values.mean() > 0):
-        return -first_pc
-    return first_pc
-
-
-def pca_foreground(tokens: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground of a patch grid from its first principal component.
-
-    `tokens` is (H, W, D). Returns (mask bool (H, W), first_pc float32 (H, W)) where first_pc is
-    the projection on the first principal component, standardised (zero mean, unit variance)
-    and oriented so the image border is mostly negative (:func:`orient_by_border`); the mask is
-    ``first_pc > threshold``. A grid with no variance has first_pc 0 everywhere.
-    """
-    h, w, d = tokens.shape
-    proj, _, _ = principal_components(tokens.reshape(h * w, d), 1)
-    if proj.shape[1] == 0:
-        pc = np.zeros((h, w))
-    else:
-        pc = proj[:, 0].reshape(h, w)
-        std = pc.std()
-        pc = pc / std if std > 1e-12 * max(1.0, float(np.abs(tokens).max())) else np.zeros_like(pc)
-    pc = orient_by_border(pc).astype(np.float32)
-    return pc > threshold, pc
-
-
-def pca_rgb(tokens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """First three principal components of a (H, W, D) grid as float32 RGB (H, W, 3) in [0, 1].
-
-    With `mask`, the components are fitted on the masked cells only and the others are black
-    (the usual DINOv2 picture). Each channel is min-max scaled.
-    """
-    h, w, d = tokens.shape
-    flat = tokens.reshape(h * w, d)
-    keep = np.ones(h * w, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
-    rgb = np.zeros((h * w, 3), np.float32)
-    if keep.sum() >= 2:
-        proj, comps, mean = principal_components(flat[keep], 3)
-        lo, hi = proj.min(axis=0), proj.max(axis=0)
-        scaled = (proj - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
-        rgb[keep, : scaled.shape[1]] = scaled
-    return rgb.reshape(h, w, 3)
-
-
 # ----------------------------------------------------------------------------- matching
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 2), np.uint32), np.zeros((0,), np.float32)
-
-
-def _unit(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-    x = np.asarray(x, dtype)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _sorted(i0: np.ndarray, i1: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +93,7 @@ def mnn_cosine(
     """
     if len(desc0) == 0 or len(desc1) == 0:
         return _empty()
-    sim = _unit(desc0) @ _unit(desc1).T
+    sim = l2_normalize(desc0) @ l2_normalize(desc1).T
     nn01 = sim.argmax(axis=1)
     nn10 = sim.argmax(axis=0)
     i0 = np.arange(len(desc0))
@@ -263,7 +115,7 @@ def ratio_match(
     if len(desc0) == 0 or len(desc1) == 0:
         return _empty()
     # float64: sqrt(2 - 2 cos) loses precision for close pairs, the ones the ratio test is about
-    sim = _unit(desc0, np.float64) @ _unit(desc1, np.float64).T
+    sim = l2_normalize(desc0, np.float64) @ l2_normalize(desc1, np.float64).T
     dist = np.sqrt(np.maximum(2.0 - 2.0 * sim, 0.0))
     i0 = np.arange(len(desc0))
     if len(desc1) >= 2:
@@ -310,7 +162,7 @@ def hungarian_match(
     rows, cols = linear_sum_assignment(np.minimum(dist, max_distance))
     keep = dist[rows, cols] < max_distance
     rows, cols = rows[keep], cols[keep]
-    cos = (_unit(d0[rows]) * _unit(d1[cols])).sum(1)
+    cos = (l2_normalize(d0[rows]) * l2_normalize(d1[cols])).sum(1)
     return _sorted(rows, cols, cos)
 
 
@@ -326,7 +178,7 @@ def joint_pca(desc0: np.ndarray, desc1: np.ndarray, dim: int) -> tuple[np.ndarra
     if len(both) == 0:
         return d0, d1
     proj, _, _ = principal_components(both, dim)
-    proj = _unit(proj)
+    proj = l2_normalize(proj)
     return proj[: len(d0)], proj[len(d0) :]
 
 
@@ -341,7 +193,7 @@ def match_descriptors(
     """Match two descriptor sets as `config` says (optional joint PCA, then the method)."""
     if len(desc0) == 0 or len(desc1) == 0:
         return _empty()
-    d0, d1 = _unit(desc0), _unit(desc1)
+    d0, d1 = l2_normalize(desc0), l2_normalize(desc1)
     if config.pca_dim is not None:
         d0, d1 = joint_pca(d0, d1, config.pca_dim)
     if config.method == "mnn":
@@ -386,8 +238,8 @@ def _soft_argmax(src, dst, cells_src, cells_dst, radius, upsample, temperature) 
     from torch.nn.functional import interpolate
 
     h, w, d = dst.shape
-    src_n = _unit(src.reshape(-1, d)).reshape(src.shape)
-    dst_n = _unit(dst.reshape(-1, d)).reshape(dst.shape)
+    src_n = l2_normalize(src.reshape(-1, d)).reshape(src.shape)
+    dst_n = l2_normalize(dst.reshape(-1, d)).reshape(dst.shape)
     out = np.zeros((len(cells_src), 2))
     for k, ((rs, cs), (rd, cd)) in enumerate(zip(cells_src, cells_dst, strict=True)):
         r0, r1 = max(0, rd - radius), min(h, rd + radius + 1)
@@ -405,168 +257,6 @@ def _soft_argmax(src, dst, cells_src, cells_dst, radius, upsample, temperature) 
         xs = c0 + (np.arange(up.shape[1]) + 0.5) / upsample
         out[k] = (weights.sum(0) @ xs, weights.sum(1) @ ys)
     return out
-
-
-# ----------------------------------------------------------------------------- model, grid
-
-
-@dataclass
-class PatchModel:
-    """A loaded DINOv2 backbone plus the identity of its weights (for the features hash)."""
-
-    module: Any  # timm VisionTransformer, eval mode
-    backbone: str
-    device: Any
-    weights_id: str  # SHA-256 of the weights file, or "random-..." for plumbing runs
-
-
-def resolve_patch_weights(config: PatchFeaturesConfig) -> tuple[Path, str]:
-    """(weights path, SHA-256) for `config`: explicit file, cache, download, or a typed error."""
-    path = dinov2.resolve_weights(
-        config.backbone,
-        config.weights,
-        download=config.download,
-        setting="keypoints.patch",
-        alternative=(
-            "use ALIKED + LightGlue, which needs no DINOv2: --set matching.matcher=lightglue"
-        ),
-    )
-    return path, dinov2.weights_sha256(path)
-
-
-def load_patch_model(config: PatchFeaturesConfig, device: Any = "cpu") -> PatchModel:
-    """Resolve the weights (explicit, cache, download, or ModelWeightsError) and load DINOv2."""
-    path, sha = resolve_patch_weights(config)
-    module = dinov2.load_backbone(config.backbone, path, device=device)
-    return PatchModel(module, config.backbone, device, sha)
-
-
-@dataclass(frozen=True)
-class PatchGrid:
-    """Patch tokens of one image and where the grid lies in that image."""
-
-    tokens: np.ndarray  # float32 (H, W, D), raw (not normalised), one per grid cell
-    image_size: tuple[int, int]  # (width, height) of the image the grid was computed from
-    input_size: tuple[int, int]  # (width, height) given to DINOv2 (multiples of 14)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.tokens.shape[0]), int(self.tokens.shape[1])
-
-    @property
-    def cell_size(self) -> tuple[float, float]:
-        """(width, height) of one grid cell in image pixels."""
-        h, w = self.shape
-        return self.image_size[0] / w, self.image_size[1] / h
-
-    def to_pixels(self, grid_xy: np.ndarray) -> np.ndarray:
-        """Grid-unit (x, y) positions (cell (r, c) spans [c, c+1) x [r, r+1)) -> image pixels
-        (COLMAP convention), float32."""
-        sx, sy = self.cell_size
-        return (np.asarray(grid_xy, np.float64) * [sx, sy]).astype(np.float32).reshape(-1, 2)
-
-    def centres(self) -> np.ndarray:
-        """float32 (H * W, 2) cell centres in image pixels, row-major."""
-        h, w = self.shape
-        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        return self.to_pixels(np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], axis=1))
-
-    def cells_of(self, keypoints: np.ndarray) -> np.ndarray:
-        """int64 (N, 2) (row, col) of the cells holding `keypoints` (image pixels)."""
-        sx, sy = self.cell_size
-        kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
-        h, w = self.shape
-        cols = np.clip(np.floor(kp[:, 0] / sx), 0, w - 1).astype(np.int64)
-        rows = np.clip(np.floor(kp[:, 1] / sy), 0, h - 1).astype(np.int64)
-        return np.stack([rows, cols], axis=1)
-
-    def upsampled(self, factor: int) -> PatchGrid:
-        """The grid with `factor` x `factor` cells per cell, tokens bilinearly interpolated at
-        the new cell centres (align_corners=False: the new centres lie on the old grid's
-        continuous frame)."""
-        if factor == 1:
-            return self
-        import torch
-        from torch.nn.functional import interpolate
-
-        x = torch.from_numpy(np.ascontiguousarray(self.tokens.transpose(2, 0, 1)))[None]
-        up = interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-        tokens = up[0].numpy().transpose(1, 2, 0)
-        return PatchGrid(np.ascontiguousarray(tokens, np.float32), self.image_size, self.input_size)
-
-
-# ----------------------------------------------------------------------------- extractor
-
-
-class PatchExtractor:
-    """DINOv2 patch features following the extractor interface of keypoints.py.
-
-    Loads the model once (or takes `model`, e.g. a randomly initialised one for tests and
-    plumbing demos). ``extractor(image)`` returns keypoints, descriptors and scores in the pixel
-    frame of `image`; :meth:`grid` returns the raw patch grid (for pictures and refinement).
-    """
-
-    def __init__(
-        self, config: PatchFeaturesConfig, device: Any = "cpu", *, model: PatchModel | None = None
-    ) -> None:
-        import torch
-
-        self.torch = torch
-        self.config = config
-        self.model = model if model is not None else load_patch_model(config, device)
-        self.device = self.model.device
-        if self.model.backbone != config.backbone:
-            raise ValueError(f"model is {self.model.backbone}, config asks {config.backbone}")
-
-    @property
-    def weights_id(self) -> str:
-        return self.model.weights_id
-
-    def grid(self, image: np.ndarray) -> PatchGrid:
-        """The patch-level grid (one token per 14 x 14 patch) of an RGB uint8 image."""
-        torch = self.torch
-        height, width = image.shape[:2]
-        w, h = target_size(width, height, self.config.resolution)
-        x = torch.from_numpy(preprocess(image, self.config.resolution))[None].to(self.device)
-        with torch.inference_mode():
-            (out,) = self.model.module.forward_intermediates(
-                x,
-                indices=[self.config.layer],
-                norm=True,
-                stop_early=True,
-                intermediates_only=True,
-                output_fmt="NLC",
-            )
-        tokens = out[0].float().cpu().numpy().reshape(h // PATCH_SIZE, w // PATCH_SIZE, -1)
-        return PatchGrid(np.ascontiguousarray(tokens, np.float32), (width, height), (w, h))
-
-    def features(self, grid: PatchGrid) -> dict[str, np.ndarray]:
-        """Keypoints (cell centres), L2-normalised descriptors and scores of a patch grid,
-        foreground-filtered and upsampled as configured."""
-        s = self.config.upsample
-        if self.config.foreground == "pca":
-            mask, pc = pca_foreground(grid.tokens, self.config.foreground_threshold)
-            mask = np.repeat(np.repeat(mask, s, 0), s, 1).reshape(-1)
-            scores = np.repeat(np.repeat(pc, s, 0), s, 1).reshape(-1)
-        else:
-            mask = None
-            scores = None
-        dense = grid.upsampled(s)
-        kpts = dense.centres()
-        desc = _unit(dense.tokens.reshape(len(kpts), -1))
-        if scores is None:
-            scores = np.ones(len(kpts), np.float32)
-        if mask is not None:
-            kpts, desc, scores = kpts[mask], desc[mask], scores[mask]
-        return {
-            "keypoints": np.ascontiguousarray(kpts, np.float32).reshape(-1, 2),
-            "descriptors": np.ascontiguousarray(desc, np.float32),
-            "scores": np.ascontiguousarray(scores, np.float32),
-        }
-
-    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Features of an RGB uint8 image, keypoints in its pixel frame (COLMAP convention)."""
-        return self.features(self.grid(image))
 
 
 # ----------------------------------------------------------------------------- matcher
