@@ -250,75 +250,128 @@ def build_database(
     database_path.unlink(missing_ok=True)
     known = read_cameras_txt(config.intrinsics) if config.intrinsics else {}
     with FeaturesReader(features_path) as feats:
-        names = feats.names()
-        if len(names) < 2:
-            raise MappingError(
-                f"only {len(names)} readable images with features in {features_path}; "
-                "at least 2 are needed"
-            )
-        file_sizes = {n: tuple(feats.attrs(n)["image_size"]) for n in names}
-        turns = {n: int(feats.attrs(n).get("rotation", 0)) % 4 for n in names}
-        turns = {n: t for n, t in turns.items() if t}
+        names, file_sizes, turns = _read_image_frames(feats, features_path)
         sizes = {
             n: turn_keypoints(np.zeros((0, 2)), file_sizes[n], turns.get(n, 0))[1] for n in names
         }
-        # known intrinsics are given for the image files: turned into the upright frame
-        known = {
-            n: rotate_camera(c, turns[n], *file_sizes[n]) if n in turns else c
-            for n, c in known.items()
-        }
-        unknown = sorted(set(known) - set(names))
-        if known and len(unknown) == len(known):
-            raise ConfigError(
-                f"none of the images in {config.intrinsics} are in the scene "
-                f"(e.g. {unknown[0]!r}); names must be paths relative to the image folder"
-            )
+        known = _upright_intrinsics(known, names, file_sizes, turns, config.intrinsics)
         groups = _camera_groups(names, sizes, config.camera_mode)
         db = pycolmap.Database.open(str(database_path))
         try:
-            image_ids: dict[str, int] = {}
-            for members in groups.values():
-                prior = next((known[n] for n in members if n in known), None)
-                shared = config.camera_mode != "per_image" and prior is not None
-                if shared and any(n not in known for n in members):
-                    logger.warning(
-                        "Known intrinsics of %s are used for all %d images sharing its camera",
-                        prior.name,
-                        len(members),
-                    )
-                camera = _make_camera(pycolmap, config.camera_model, sizes[members[0]], prior)
-                camera_id = db.write_camera(camera)
-                rig = pycolmap.Rig()
-                sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
-                rig.add_ref_sensor(sensor)
-                rig_id = db.write_rig(rig)
-                for n in members:
-                    image_id = db.write_image(pycolmap.Image(name=n, camera_id=camera_id))
-                    frame = pycolmap.Frame()
-                    frame.rig_id = rig_id
-                    frame.add_data_id(pycolmap.data_t(sensor, image_id))
-                    db.write_frame(frame)
-                    keypoints = feats.read(n).keypoints
-                    if n in turns:
-                        xy, _ = turn_keypoints(keypoints, file_sizes[n], turns[n])
-                        keypoints = xy.astype(np.float32)
-                    db.write_keypoints(image_id, keypoints)
-                    image_ids[n] = image_id
-            num_pairs = 0
-            with MatchesReader(matches_path) as matches:
-                for a, b in matches.pairs():
-                    if a not in image_ids or b not in image_ids:
-                        continue
-                    if pairs is not None and (a, b) not in pairs:
-                        continue
-                    m, _ = matches.read(a, b)
-                    if len(m) < max(1, config.min_matches):
-                        continue
-                    db.write_matches(image_ids[a], image_ids[b], m)
-                    num_pairs += 1
+            image_ids = _write_cameras_and_images(
+                db, feats, groups, sizes, known, file_sizes, turns, config
+            )
+            num_pairs = _write_matches(db, matches_path, image_ids, pairs, config.min_matches)
         finally:
             db.close()
     return num_pairs, names, [len(m) for m in groups.values()], turns
+
+
+def _read_image_frames(
+    feats: FeaturesReader, features_path: Path
+) -> tuple[list[str], dict[str, tuple[int, int]], dict[str, int]]:
+    """(image names, (width, height) of each image file, quarter turn of each turned image) of
+    the features file; raises MappingError with fewer than 2 images."""
+    names = feats.names()
+    if len(names) < 2:
+        raise MappingError(
+            f"only {len(names)} readable images with features in {features_path}; "
+            "at least 2 are needed"
+        )
+    file_sizes = {n: tuple(feats.attrs(n)["image_size"]) for n in names}
+    turns = {n: int(feats.attrs(n).get("rotation", 0)) % 4 for n in names}
+    turns = {n: t for n, t in turns.items() if t}
+    return names, file_sizes, turns
+
+
+def _upright_intrinsics(
+    known: dict,
+    names: list[str],
+    file_sizes: dict[str, tuple[int, int]],
+    turns: dict[str, int],
+    intrinsics_path: Path | None,
+) -> dict:
+    """Known intrinsics, given for the image files, turned into the upright frame; raises
+    ConfigError when none of the images of `intrinsics_path` is in the scene."""
+    known = {
+        n: rotate_camera(c, turns[n], *file_sizes[n]) if n in turns else c for n, c in known.items()
+    }
+    unknown = sorted(set(known) - set(names))
+    if known and len(unknown) == len(known):
+        raise ConfigError(
+            f"none of the images in {intrinsics_path} are in the scene "
+            f"(e.g. {unknown[0]!r}); names must be paths relative to the image folder"
+        )
+    return known
+
+
+def _write_cameras_and_images(
+    db,
+    feats: FeaturesReader,
+    groups: dict[str, list[str]],
+    sizes: dict[str, tuple[int, int]],
+    known: dict,
+    file_sizes: dict[str, tuple[int, int]],
+    turns: dict[str, int],
+    config: MappingConfig,
+) -> dict[str, int]:
+    """One camera (with its rig) per group, and every image of the group with its frame and its
+    keypoints in the upright frame; returns the COLMAP image id of every name."""
+    import pycolmap
+
+    image_ids: dict[str, int] = {}
+    for members in groups.values():
+        prior = next((known[n] for n in members if n in known), None)
+        shared = config.camera_mode != "per_image" and prior is not None
+        if shared and any(n not in known for n in members):
+            logger.warning(
+                "Known intrinsics of %s are used for all %d images sharing its camera",
+                prior.name,
+                len(members),
+            )
+        camera = _make_camera(pycolmap, config.camera_model, sizes[members[0]], prior)
+        camera_id = db.write_camera(camera)
+        rig = pycolmap.Rig()
+        sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
+        rig.add_ref_sensor(sensor)
+        rig_id = db.write_rig(rig)
+        for n in members:
+            image_id = db.write_image(pycolmap.Image(name=n, camera_id=camera_id))
+            frame = pycolmap.Frame()
+            frame.rig_id = rig_id
+            frame.add_data_id(pycolmap.data_t(sensor, image_id))
+            db.write_frame(frame)
+            keypoints = feats.read(n).keypoints
+            if n in turns:
+                xy, _ = turn_keypoints(keypoints, file_sizes[n], turns[n])
+                keypoints = xy.astype(np.float32)
+            db.write_keypoints(image_id, keypoints)
+            image_ids[n] = image_id
+    return image_ids
+
+
+def _write_matches(
+    db,
+    matches_path: Path,
+    image_ids: dict[str, int],
+    pairs: set[tuple[str, str]] | None,
+    min_matches: int,
+) -> int:
+    """Write the matches of the pairs of known images (in `pairs` if given) with at least
+    `min_matches` matches (and at least 1); returns the number of pairs written."""
+    num_pairs = 0
+    with MatchesReader(matches_path) as matches:
+        for a, b in matches.pairs():
+            if a not in image_ids or b not in image_ids:
+                continue
+            if pairs is not None and (a, b) not in pairs:
+                continue
+            m, _ = matches.read(a, b)
+            if len(m) < max(1, min_matches):
+                continue
+            db.write_matches(image_ids[a], image_ids[b], m)
+            num_pairs += 1
+    return num_pairs
 
 
 def verify_pairs(database_path: Path, config: MappingConfig) -> int:
@@ -758,9 +811,61 @@ def run_mapping(
     selected = None
     if pairs_path is not None:
         selected = {tuple(sorted(p)) for p in read_pairs(pairs_path)}
-    num_pairs, names, camera_sizes, turns = build_database(
+    num_pairs, names, _, turns = build_database(
         database_path, features_path, matches_path, config, selected
     )
+    refine_pp, refine_after = _principal_point_policy(config)
+    if config.random_seed >= 0:
+        pycolmap.set_random_seed(config.random_seed)
+    num_verified = _verify_database(database_path, config, log_path, num_pairs, len(names))
+    tmp_dir = Path(tempfile.mkdtemp(dir=output_dir, prefix=".sparse."))
+    try:
+        with redirect_native_output(log_path):
+            mapped = _map_scene(
+                database_path,
+                image_dir,
+                tmp_dir / "raw",
+                config,
+                turns,
+                len(names),
+                refine_pp,
+                refine_after,
+            )
+        if not mapped.models:
+            raise MappingError(
+                f"COLMAP could not build any model: {len(names)} images, {num_pairs} matched "
+                f"pairs, {num_verified} verified pairs, min_model_size={config.min_model_size}. "
+                f"See {log_path}. Try more keypoints, more pairs, or known intrinsics."
+            )
+        summary = {
+            "num_images": len(names),
+            "pairs_used": num_pairs,
+            "pairs_verified": num_verified,
+            **mapped.summary(refine_pp, len(turns)),
+            "split": diagnose_split(database_path, mapped.models, names, config),
+            "focal_outliers": check_focal_lengths(mapped.models[0]),
+            "seconds": time.perf_counter() - start,
+        }
+        _publish_models(mapped.models, tmp_dir, sparse_dir, summary)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    logger.info(
+        "Mapping: %d model(s), largest registers %d of %d images (%.1f s)",
+        len(mapped.models),
+        mapped.models[0].num_reg_images(),
+        len(names),
+        time.perf_counter() - start,
+    )
+    if config.intrinsics is not None and _shape(mapped.models, len(names))["incomplete"]:
+        _fall_back_without_prior(
+            image_dir, features_path, matches_path, output_dir, config, pairs_path, mapped.models
+        )
+    return sparse_dir
+
+
+def _principal_point_policy(config: MappingConfig) -> tuple[bool, bool]:
+    """(refine principal points during mapping, refine them after it with the `auto` policy)."""
     # `auto` refines after mapping (refine_principal_points), never during it.
     refine_pp = config.refine_principal_point == "always"
     known_fixed = bool(config.intrinsics) and config.fix_intrinsics
@@ -768,8 +873,13 @@ def run_mapping(
     if known_fixed:
         refine_pp = False
     logger.debug("Refine principal points: %s (fixed intrinsics: %s)", refine_pp, known_fixed)
-    if config.random_seed >= 0:
-        pycolmap.set_random_seed(config.random_seed)
+    return refine_pp, refine_after
+
+
+def _verify_database(
+    database_path: Path, config: MappingConfig, log_path: Path, num_pairs: int, num_images: int
+) -> int:
+    """`verify_pairs` with COLMAP's log in `log_path`; raises MappingError when no pair passes."""
     logger.info("Verifying %d matched pairs (COLMAP log: %s)", num_pairs, log_path)
     with redirect_native_output(log_path):
         num_verified = verify_pairs(database_path, config)
@@ -777,94 +887,111 @@ def run_mapping(
     if num_verified == 0:
         raise MappingError(
             f"no image pair passed geometric verification ({num_pairs} pairs with at least "
-            f"{config.min_matches} matches, {len(names)} images). The images may not overlap; "
+            f"{config.min_matches} matches, {num_images} images). The images may not overlap; "
             "try more keypoints (--set keypoints.max_keypoints=4096) or check the input."
         )
-    tmp_dir = Path(tempfile.mkdtemp(dir=output_dir, prefix=".sparse."))
-    known = bool(config.intrinsics)
-    try:
-        with redirect_native_output(log_path):
-            models = run_mapper(
-                database_path, image_dir, tmp_dir / "raw", config, known, refine_pp, len(names)
-            )
-            retry = None
-            if (
-                config.retry_relaxed_init
-                and config.mapper == "incremental"
-                and _shape(models, len(names))["incomplete"]
-            ):
-                # One more mapping run at most, only for scenes that did not map whole.
-                shutil.rmtree(tmp_dir / "raw", ignore_errors=True)
-                again = run_mapper(
-                    database_path,
-                    image_dir,
-                    tmp_dir / "raw",
-                    config,
-                    known,
-                    refine_pp,
-                    len(names),
-                    relaxed=True,
-                )
-                retry = {"before": _shape(models, len(names)), "after": _shape(again, len(names))}
-                retry["kept"] = _rank(again) > _rank(models)
-                if retry["kept"]:
-                    models = again
-                logger.info("Relaxed initialisation: %s", retry)
-            models, duplicates = drop_duplicate_models(models)
-            pp_reports = [
-                refine_principal_points(m, config)
-                if refine_after
-                else {"tried": False, "accepted": False}
-                for m in models
-            ]
-            # Turned images were mapped upright, sharing their camera; files and every reader
-            # of the models expect the frames of the image files.
-            converted = [to_file_frames(m, turns, image_dir) for m in models]
-        if not models:
-            raise MappingError(
-                f"COLMAP could not build any model: {len(names)} images, {num_pairs} matched "
-                f"pairs, {num_verified} verified pairs, min_model_size={config.min_model_size}. "
-                f"See {log_path}. Try more keypoints, more pairs, or known intrinsics."
-            )
-        models = [m for m, _ in converted]
-        split = diagnose_split(database_path, models, names, config)
-        focal = check_focal_lengths(models[0])
-        summary = {
-            "num_images": len(names),
-            "pairs_used": num_pairs,
-            "pairs_verified": num_verified,
-            "refine_principal_point": refine_pp or any(r["accepted"] for r in pp_reports[:1]),
-            "principal_point": pp_reports,
-            "turned_images": len(turns),
+    return num_verified
+
+
+@dataclass(frozen=True, kw_only=True)
+class _MappedScene:
+    """The mapper's models in the frames of the image files (largest first) and how they came
+    about: the turned cameras derived for each model (see `to_file_frames`), the principal-point
+    report of each model, the relaxed-initialisation retry and the duplicate models dropped."""
+
+    models: list
+    turned_cameras: list[dict[int, tuple[int, int]]]
+    principal_point: list[dict]
+    relaxed_init_retry: dict | None
+    duplicates: list[dict]
+
+    def summary(self, refine_pp: bool, num_turned: int) -> dict:
+        """The entries of ``mapping.json`` about how the models were made."""
+        return {
+            "refine_principal_point": refine_pp
+            or any(r["accepted"] for r in self.principal_point[:1]),
+            "principal_point": self.principal_point,
+            "turned_images": num_turned,
             "turned_cameras": [
                 {str(new): {"camera_id": old, "quarter_turns": k} for new, (old, k) in d.items()}
-                for _, d in converted
+                for d in self.turned_cameras
             ],
-            "relaxed_init_retry": retry,
-            "duplicate_models_dropped": duplicates,
-            "split": split,
-            "focal_outliers": focal,
-            "seconds": time.perf_counter() - start,
+            "relaxed_init_retry": self.relaxed_init_retry,
+            "duplicate_models_dropped": self.duplicates,
         }
-        write_models(models, tmp_dir, summary)
-        make_public(tmp_dir)
-        paths.replace_dir(tmp_dir, sparse_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    largest = models[0].num_reg_images()
-    logger.info(
-        "Mapping: %d model(s), largest registers %d of %d images (%.1f s)",
-        len(models),
-        largest,
-        len(names),
-        time.perf_counter() - start,
+
+
+def _map_scene(
+    database_path: Path,
+    image_dir: Path,
+    raw_dir: Path,
+    config: MappingConfig,
+    turns: dict[str, int],
+    num_images: int,
+    refine_pp: bool,
+    refine_after: bool,
+) -> _MappedScene:
+    """Map the verified database (`_map_with_retry`), drop duplicate models, refine principal
+    points with the `auto` policy if `refine_after`, and bring the models into the frames of
+    the image files."""
+    models, retry = _map_with_retry(
+        database_path, image_dir, raw_dir, config, refine_pp, num_images
     )
-    if config.intrinsics is not None and _shape(models, len(names))["incomplete"]:
-        _fall_back_without_prior(
-            image_dir, features_path, matches_path, output_dir, config, pairs_path, models
-        )
-    return sparse_dir
+    models, duplicates = drop_duplicate_models(models)
+    pp_reports = [
+        refine_principal_points(m, config) if refine_after else {"tried": False, "accepted": False}
+        for m in models
+    ]
+    # Turned images were mapped upright, sharing their camera; files and every reader
+    # of the models expect the frames of the image files.
+    converted = [to_file_frames(m, turns, image_dir) for m in models]
+    return _MappedScene(
+        models=[m for m, _ in converted],
+        turned_cameras=[d for _, d in converted],
+        principal_point=pp_reports,
+        relaxed_init_retry=retry,
+        duplicates=duplicates,
+    )
+
+
+def _map_with_retry(
+    database_path: Path,
+    image_dir: Path,
+    raw_dir: Path,
+    config: MappingConfig,
+    refine_pp: bool,
+    num_images: int,
+) -> tuple[list, dict | None]:
+    """`run_mapper`, and for an incremental run that did not map the scene whole (with
+    ``retry_relaxed_init``), once more with a relaxed initialisation, keeping the better result
+    (`_rank`). Returns (models, the retry's record or None)."""
+    known = bool(config.intrinsics)
+    models = run_mapper(database_path, image_dir, raw_dir, config, known, refine_pp, num_images)
+    if not (
+        config.retry_relaxed_init
+        and config.mapper == "incremental"
+        and _shape(models, num_images)["incomplete"]
+    ):
+        return models, None
+    # One more mapping run at most, only for scenes that did not map whole.
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    again = run_mapper(
+        database_path, image_dir, raw_dir, config, known, refine_pp, num_images, relaxed=True
+    )
+    retry = {"before": _shape(models, num_images), "after": _shape(again, num_images)}
+    retry["kept"] = _rank(again) > _rank(models)
+    if retry["kept"]:
+        models = again
+    logger.info("Relaxed initialisation: %s", retry)
+    return models, retry
+
+
+def _publish_models(models: list, tmp_dir: Path, sparse_dir: Path, summary: dict) -> None:
+    """Write the models and `summary` to `tmp_dir` (`write_models`), then swap it in as
+    `sparse_dir` atomically."""
+    write_models(models, tmp_dir, summary)
+    make_public(tmp_dir)
+    paths.replace_dir(tmp_dir, sparse_dir)
 
 
 def _fall_back_without_prior(

@@ -253,6 +253,22 @@ def correct_orientation(
     """
     image_dir, output_dir, features_path = Path(image_dir), Path(output_dir), Path(features_path)
     path = output_dir / paths.ROTATIONS
+    names, stored, pairs = _read_stage_inputs(features_path, pairs_path)
+    turns = _find_turns(path, image_dir, names, pairs, config, overwrite)
+    turned = {n: t for n, t in turns.items() if t}
+    _log_turns(turned, len(names))
+    if any(stored[n] != turns[n] for n in names):
+        _extract_turned(image_dir, features_path, names, turned, keypoints_config, device)
+    if matches_path is not None:
+        _rematch_turned(pairs_path, features_path, Path(matches_path), matching_config, device)
+    return path
+
+
+def _read_stage_inputs(
+    features_path: Path, pairs_path: Path
+) -> tuple[list[str], dict[str, int], list[tuple[str, str]]]:
+    """(image names with features, the turn each was extracted with, the sorted unordered
+    pairs of those images)."""
     with FeaturesReader(features_path) as feats:
         names = feats.names()
         stored = {n: int(feats.attrs(n).get("rotation", 0)) for n in names}
@@ -260,53 +276,97 @@ def correct_orientation(
     pairs = sorted(
         {tuple(sorted(p)) for p in read_pairs(pairs_path) if p[0] in readable and p[1] in readable}
     )
+    return names, stored, pairs
+
+
+def _find_turns(
+    path: Path,
+    image_dir: Path,
+    names: list[str],
+    pairs: list[tuple[str, str]],
+    config: OrientationConfig,
+    overwrite: bool,
+) -> dict[str, int]:
+    """The turn of every image: all 0 when the stage is disabled, those in `path` when it was
+    made with the same settings, images and pairs (unless `overwrite`), else estimated from
+    the votes. Writes `path` unless its turns are reused."""
     digest = config_hash(config)
     previous = _read_previous(path) if not overwrite else None
     if not config.enabled:
         turns, votes = dict.fromkeys(names, 0), []
-    elif (
-        previous is not None
-        and previous.get("config_hash") == digest
-        and sorted(previous.get("turns", {})) == sorted(names)
-        and [list(p) for p in previous.get("pairs", [])] == [list(p) for p in pairs]
-    ):
+    elif _is_reusable(previous, digest, names, pairs):
         logger.info("Reusing the turns in %s", path)
         turns, votes = {n: int(t) for n, t in previous["turns"].items()}, None
     else:
         votes = estimate_votes(image_dir, pairs, config)
         turns = solve_turns(names, votes)
-    turned = {n: t for n, t in turns.items() if t}
     if votes is not None:
         _write(path, config, digest, turns, pairs, votes)
+    return turns
+
+
+def _is_reusable(
+    previous: dict[str, Any] | None,
+    digest: str,
+    names: list[str],
+    pairs: list[tuple[str, str]],
+) -> bool:
+    """Whether a previous ``rotations.json`` was made with config hash `digest` for exactly
+    these images and pairs."""
+    return (
+        previous is not None
+        and previous.get("config_hash") == digest
+        and sorted(previous.get("turns", {})) == sorted(names)
+        and [list(p) for p in previous.get("pairs", [])] == [list(p) for p in pairs]
+    )
+
+
+def _log_turns(turned: dict[str, int], num_images: int) -> None:
     logger.info(
         "Upright stage: %d of %d images turned%s",
         len(turned),
-        len(names),
+        num_images,
         (": " + ", ".join(f"{n} by {90 * t}" for n, t in list(turned.items())[:5]))
         if turned
         else "",
     )
-    if any(stored[n] != turns[n] for n in names):
-        written = extract_keypoints(
-            image_dir,
-            features_path.parent,
-            keypoints_config,
-            device=device,
-            image_names=names,
-            rotations=turned,
-        )
-        if written != features_path:
-            raise StorageError(f"features of {image_dir} went to {written}, not {features_path}")
-    if matches_path is None:
-        return path
-    # Re-matches only pairs whose images' turns changed (nothing when none did).
-    matches_path = Path(matches_path)
+
+
+def _extract_turned(
+    image_dir: Path,
+    features_path: Path,
+    names: list[str],
+    turned: dict[str, int],
+    keypoints_config: KeypointsConfig,
+    device: str,
+) -> None:
+    """Extract the features again with the turns in `turned` (`extract_keypoints` redoes only
+    the images whose turn changed)."""
+    written = extract_keypoints(
+        image_dir,
+        features_path.parent,
+        keypoints_config,
+        device=device,
+        image_names=names,
+        rotations=turned,
+    )
+    if written != features_path:
+        raise StorageError(f"features of {image_dir} went to {written}, not {features_path}")
+
+
+def _rematch_turned(
+    pairs_path: Path,
+    features_path: Path,
+    matches_path: Path,
+    matching_config: MatchingConfig,
+    device: str,
+) -> None:
+    """Re-match only the pairs whose images' turns changed (nothing when none did)."""
     written = match_pairs(
         pairs_path, features_path, matches_path.parent, matching_config, device=device
     )
     if written != matches_path:
         raise StorageError(f"matches went to {written}, not {matches_path}")
-    return path
 
 
 def read_rotations(path: Path) -> dict[str, int]:
