@@ -202,8 +202,11 @@ def test_demo_upload_run_all_and_download_ply(server, browser, tmp_path):
     driver.get(url)
     wait.until(lambda d: d.find_elements(By.XPATH, "//label[.//p[text()='Upload']]"))
     driver.find_element(By.XPATH, "//label[.//p[text()='Upload']]").click()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
-    driver.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys("\n".join(files))
+    # the sidebar's photo uploader, not the Evaluation tab's cameras.txt one (which may be in the
+    # page first, while the click's rerun is still on its way)
+    photos = '[data-testid="stSidebar"] input[type=file][multiple]'
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, photos))
+    driver.find_element(By.CSS_SELECTOR, photos).send_keys("\n".join(files))
     wait.until(lambda d: len(d.find_elements(By.XPATH, "//*[contains(text(), '.jpg')]")) >= 4)
     _button(driver, "Use uploaded images").click()
     wait.until(lambda d: "4 images ready" in d.page_source)

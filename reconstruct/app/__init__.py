@@ -43,10 +43,11 @@ def launch(host: str = "127.0.0.1", port: int = 8501, workdir: Path = Path("."))
     ]
     logger.info("Starting the app on http://%s:%d (workdir %s)", host, port, workdir)
     proc = subprocess.Popen(cmd)
-    # SIGTERM to `reconstruct app` must reach the server: with a bare subprocess.call the
-    # launcher dies and the Streamlit server lives on as an orphan, holding the port.
+    # SIGTERM or SIGHUP to `reconstruct app` must stop the server: with a bare subprocess.call
+    # the launcher dies and the Streamlit server lives on as an orphan, holding the port. Both
+    # become SIGTERM for the server (under nohup it inherits SIGHUP as ignored).
     forward = signal.SIGTERM, signal.SIGHUP
-    previous = {s: signal.signal(s, lambda signum, _f: proc.send_signal(signum)) for s in forward}
+    previous = {s: signal.signal(s, lambda _s, _f: proc.terminate()) for s in forward}
     try:
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: let the server stop
