@@ -51,6 +51,14 @@ def _data_root() -> Path | None:
     return path if path.is_dir() else None
 
 
+@pytest.fixture()
+def free_port() -> int:
+    """A localhost TCP port that is free now (binding is not blocked, connecting is)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """../shared/data, found through RECONSTRUCT_DATA (set by .ci/run); skipped elsewhere."""

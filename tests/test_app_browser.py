@@ -79,16 +79,10 @@ def localhost(monkeypatch):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def server(tmp_path, localhost):
+def server(tmp_path, localhost, free_port):
     """The app (as `reconstruct app` starts it) on a free localhost port."""
-    port = _free_port()
+    port = free_port
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     code = (
         "import sys; from pathlib import Path; from reconstruct.app import launch; "

@@ -17,12 +17,6 @@ import pytest
 pytest.importorskip("streamlit", reason="the app needs streamlit: pip install 'reconstruct[app]'")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_taken(port: int) -> bool:
     # bind, not connect: connections stay blocked in tests (conftest)
     with socket.socket() as s:
@@ -46,8 +40,8 @@ def _wait(condition, seconds: float) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_signal_to_the_launcher_stops_the_server(tmp_path, signum):
-    port = _free_port()
+def test_signal_to_the_launcher_stops_the_server(tmp_path, signum, free_port):
+    port = free_port
     code = (
         "import sys; from pathlib import Path; from reconstruct.app import launch; "
         f"sys.exit(launch('127.0.0.1', {port}, Path(sys.argv[1])))"

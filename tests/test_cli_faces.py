@@ -120,13 +120,9 @@ def test_track_point_outside_the_frame_is_an_input_error(video, tmp_path, capsys
     assert code == 3 and "Traceback" not in err, err
 
 
-def test_app_command_serves_the_page(tmp_path):
+def test_app_command_serves_the_page(tmp_path, free_port):
     pytest.importorskip("streamlit", reason="the web app extra is not installed: .[app]")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port
     proc = subprocess.Popen(
         CLI + ["app", "--port", str(port), "--workdir", str(tmp_path)],
         stdout=subprocess.DEVNULL,

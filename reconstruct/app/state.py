@@ -153,8 +153,8 @@ def global_descriptors_path(output_dir: Path) -> Path | None:
             return used
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no report yet, or one without descriptors: look for the files
-    names = (paths.GLOBAL, getattr(paths, "GLOBAL_LOCAL", None))
-    return next((out / n for n in names if n and (out / n).is_file()), None)
+    names = (paths.GLOBAL, paths.GLOBAL_LOCAL)
+    return next((out / n for n in names if (out / n).is_file()), None)
 
 
 def threshold_preview(names: list[str], descriptors, config, threshold: float | None) -> dict:
