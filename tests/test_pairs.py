@@ -19,6 +19,7 @@ from reconstruct.models import dinov2
 from reconstruct.pairs import (
     PairsConfig,
     PairScores,
+    _ranked,
     bridge_components,
     components,
     exhaustive_pairs,
@@ -450,7 +451,8 @@ def test_memory_mapped_scores_in_blocks_equal_in_memory(tmp_path, monkeypatch, m
     path = tmp_path / "g.h5"
     _write_global(path, names, desc)
     order = names[::-1]  # the selection order, not the file's
-    whole = PairScores.from_descriptors(desc[::-1].astype(np.float64), metric)
+    whole = PairScores.from_descriptors(np.ascontiguousarray(desc[::-1]), metric)
+    exact = PairScores.from_descriptors(desc[::-1].astype(np.float64), metric)
     # 3 descriptor columns and 5 score rows... per block: many row and column blocks
     monkeypatch.setattr(pairs_module, "COLUMN_BUDGET", 3 * 8)
     monkeypatch.setattr(pairs_module, "SCORE_BUDGET", 5 * 23)
@@ -459,7 +461,10 @@ def test_memory_mapped_scores_in_blocks_equal_in_memory(tmp_path, monkeypatch, m
         np.testing.assert_array_equal(mm, desc[::-1])
         blocked = PairScores.from_descriptors(mm, metric)
         assert blocked.block == 5
-        np.testing.assert_allclose(blocked.rows(0, 23), whole.rows(0, 23), atol=1e-12)
+        assert blocked.rows(0, 23).dtype == np.float32  # float32 files are scored in float32
+        # blocks of rows and columns give the in-memory float32 scores, to float32 rounding
+        np.testing.assert_allclose(blocked.rows(0, 23), whole.rows(0, 23), atol=1e-6)
+        np.testing.assert_allclose(blocked.rows(0, 23), exact.rows(0, 23), atol=1e-6)
         cfg = PairsConfig(top_k=3, min_pairs=2, metric=metric)
         a = rule_pairs("retrieval", 23, cfg, mm)
         b = rule_pairs("retrieval", 23, cfg, desc[::-1].astype(np.float64))
@@ -474,3 +479,13 @@ def test_pair_cosines_exact_in_chunks():
     idx0, idx1 = np.array([0, 0, 1, 2]), np.array([1, 2, 2, 2])
     np.testing.assert_allclose(pair_cosines(d, idx0, idx1, chunk=3), [0.0, 0.6, 0.8, 1.0])
     assert pair_cosines(d, idx0[:0], idx1[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("first", [1, 2, 3, 5])
+def test_ranked_first_equals_the_full_sort_with_ties(first):
+    # ties at the cut go to the lower index, as in the full stable sort; -inf (the image
+    # itself, and masked images) ranks last
+    row = np.array([0.5, 0.9, -np.inf, 0.5, 0.9, 0.5, -np.inf])
+    full = _ranked(row, 2)
+    np.testing.assert_array_equal(full, [1, 4, 0, 3, 5, 6])
+    np.testing.assert_array_equal(_ranked(row, 2, first), full[:first])
