@@ -118,6 +118,10 @@ class LightGlueMatcher:
             .eval()
             .to(device)
         )
+        if device.type != "cuda":
+            from .models.lightglue_fused import use_fused_cross_attention
+
+            use_fused_cross_attention(self.model)
 
     def to_input(self, feats: Features) -> dict:
         torch = self.torch
