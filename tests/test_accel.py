@@ -150,6 +150,14 @@ def test_performance_summary_fields():
     assert out["matching_jobs"] == 1
     assert out["matching_threads_per_job"] == out["torch_threads"] == torch.get_num_threads()
     assert out["device"] == "cpu" and out["executor"] == "local"
+    assert out["lightglue_precision"] in ("float32", "bfloat16")
+    exact = accel.performance_summary(
+        KeypointsConfig(), MatchingConfig(mixed_precision=False), "cpu", {}, images=0, pairs=0
+    )
+    assert exact["lightglue_precision"] == "float32"
+    assert "lightglue_precision" not in accel.performance_summary(
+        KeypointsConfig(), MatchingConfig(matcher="mnn"), "cpu", {}, images=0, pairs=0
+    )
     none = accel.performance_summary(
         KeypointsConfig(), MatchingConfig(), "cpu", {}, images=0, pairs=0
     )
