@@ -46,10 +46,7 @@ from reconstruct.settings import PipelineConfig
 from reconstruct.synthetic import SceneConfig, make_scene
 
 sys.path.insert(0, str(Path(__file__).parent))
-try:  # the COLMAP baseline moved to scripts/ (issue 8); older trees keep it in mapping.py
-    from colmap_baseline import run_colmap_sift
-except ImportError:
-    from reconstruct.mapping import run_colmap_sift
+from colmap_baseline import run_colmap_sift  # noqa: E402 - scripts/ is on the path above
 
 BASE = {"num_images": 12, "arc_degrees": 100.0, "width": 640, "height": 480}
 
