@@ -10,8 +10,10 @@ from reconstruct.evaluation import evaluate
 from reconstruct.export import ExportConfig, export_model, model_statistics, read_all_poses
 from reconstruct.gt import CameraPose, rotate_camera, write_cameras_txt
 from reconstruct.mapping import (
+    PP_MAX_STANDARD_ERROR,
     MappingConfig,
     check_focal_lengths,
+    principal_point_decision,
     run_mapping,
     turn_camera_params,
     turn_keypoints,
@@ -265,6 +267,41 @@ def test_auto_principal_point_stays_fixed_for_a_narrow_field_of_view(tmp_path):
     assert info["refine_principal_point"] is False
     m = evaluate(cams, read_all_poses(sparse))
     assert m.registration_ratio == 1.0 and m.to_dict()["auc"]["5"] > 0.99
+
+
+def test_principal_point_decision_exact_values():
+    """The `auto` test on hand-made numbers: 10,000 residuals, 2 refined coordinates and a
+    refined error of 9,998 px² (noise variance exactly 1), so the evidence is the drop in px²."""
+
+    def decide(drop, shift):
+        return principal_point_decision(9998.0 + drop, 9998.0, 10_000, 2, shift)
+
+    # Herz-Jesu-P8 extracted in its least favourable turn: little evidence (12 < 36.8), but
+    # the shift is fixed to 0.1% of the image: kept by the doubled Akaike penalty (8)
+    r = decide(12.0, 0.0034)
+    assert r["evidence"] == 12.0 and r["penalty"] == 4 * np.log(10_000)
+    assert r["penalty_well_conditioned"] == 8.0
+    assert r["standard_error"] == 0.0034 / np.sqrt(12.0) and r["well_conditioned"] is True
+    assert r["accepted"] is True and "well conditioned" in r["reason"]
+    # narrow ring (focal 2x the width), principal point at the centre: more evidence, but its
+    # 1.5% shift is uncertain to 0.28%: the doubled BIC penalty applies and rejects it
+    r = decide(29.0, 0.0149)
+    assert r["well_conditioned"] is False and r["accepted"] is False
+    assert r["reason"] == "refining it does not lower the error significantly"
+    # a narrow ring with the principal point truly off-centre passes the BIC penalty itself
+    r = decide(46.0, 0.0232)
+    assert r["accepted"] is True and r["reason"] == "kept: near the centre and significantly better"
+    # well conditioned but below the Akaike penalty; at the conditioning bound exactly (kept)
+    assert decide(7.9, 0.001)["accepted"] is False
+    r = decide(16.0, 4 * PP_MAX_STANDARD_ERROR)
+    assert r["standard_error"] == PP_MAX_STANDARD_ERROR and r["accepted"] is True
+    assert decide(16.0, 4.001 * PP_MAX_STANDARD_ERROR)["accepted"] is False
+    # beyond the 3% bound nothing is kept, however strong the evidence
+    r = decide(1000.0, 0.031)
+    assert r["accepted"] is False and "3%" in r["reason"]
+    # refining made it worse: no evidence, infinite standard error
+    r = decide(-5.0, 0.001)
+    assert r["evidence"] == -5.0 and r["standard_error"] == np.inf and r["accepted"] is False
 
 
 def test_known_intrinsics_are_compared_with_none_when_the_scene_splits(tmp_path):
