@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark of turned photos: the full pipeline on copies of a scene with images turned.
 
-    python scripts/benchmark_orientation.py SCENE_DIR [--seeds 20] [--json out.jsonl]
-        [--work DIR] [--cue-only] [--cost N]
+    python scripts/benchmark_orientation.py SCENE_DIR [--seeds 20] [--only LABELS]
+        [--json out.jsonl] [--work DIR] [--cue-only] [--cost N]
 
 For each seed every image of `SCENE_DIR/images` is turned by a random quarter turn (no EXIF,
 `np.rot90`, re-encoded as JPEG quality 95), plus the arrangements "all but one turned" (by 90)
@@ -13,7 +13,10 @@ settings (`run_pipeline`), and scored against `SCENE_DIR/gt/cameras.txt` turned 
 one line per arrangement (and appends it to `--json` as JSON lines, so a cut-short run keeps the
 finished ones), then the distribution: in one model, AUC@5 within 0.03 of the unturned copy.
 
-`--cue-only` runs only the turn estimate (the SIFT votes and the solver) and checks the turns.
+`--only none,seed 3,seed 7` runs only the arrangements with those labels (comma-separated).
+`--cue-only` runs only the turn estimate (the SIFT votes and the solver) and checks the turns;
+it also prints the votes that contradict the applied turns (their number and weight, of the
+total weight), the margin the solver had.
 `--cost N` measures run time instead: N rounds of, interleaved, the unturned copy with the
 upright stage off, the unturned copy with it on, and the seed-0 copy with it on.
 """
@@ -48,15 +51,23 @@ from reconstruct.settings import PipelineConfig
 logger = logging.getLogger("reconstruct.benchmark_orientation")
 
 
-def arrangements(names: list[str], seeds: int) -> list[tuple[str, dict[str, int]]]:
+def arrangements(
+    names: list[str], seeds: int, only: set[str] | None = None
+) -> list[tuple[str, dict[str, int]]]:
     """(label, applied counter-clockwise quarter turns) of every arrangement: unturned first,
-    then the two special cases, then the seeds (a run cut short has the special cases)."""
+    then the two special cases, then the seeds (a run cut short has the special cases); only
+    those labelled in `only` when given."""
     out = [("none", dict.fromkeys(names, 0))]
     out.append(("all but one (90)", {n: (1 if i else 0) for i, n in enumerate(names)}))
     out.append(("all the same (180)", dict.fromkeys(names, 2)))
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         out.append((f"seed {seed}", {n: int(rng.integers(4)) for n in names}))
+    if only is not None:
+        unknown = only - {label for label, _ in out}
+        if unknown:
+            raise SystemExit(f"--only: no arrangement {sorted(unknown)} (raise --seeds?)")
+        out = [a for a in out if a[0] in only]
     return out
 
 
@@ -133,20 +144,28 @@ def run_one(copy_dir: Path, config: PipelineConfig, gt_path, applied) -> dict:
     return row
 
 
-def cue_only(names, pixels, seeds: int) -> None:
+def cue_only(names, pixels, seeds: int, only: set[str] | None = None) -> None:
     pairs = list(itertools.combinations(sorted(names), 2))
     config = OrientationConfig()
     with tempfile.TemporaryDirectory() as tmp:
-        for label, applied in arrangements(names, seeds):
+        for label, applied in arrangements(names, seeds, only):
             for n in names:
                 out = np.ascontiguousarray(np.rot90(pixels[n], applied[n]))
                 cv2.imwrite(str(Path(tmp) / n), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
             start = time.perf_counter()
             votes = estimate_votes(Path(tmp), pairs, config)
             found = solve_turns(names, votes)
+            seconds = time.perf_counter() - start
+            # a vote says turn(name1) - turn(name0); the correcting turns are -applied
+            wrong = [
+                v
+                for v in votes
+                if v.weight > 0 and v.turn != (applied[v.name0] - applied[v.name1]) % 4
+            ]
             print(
                 f"{label:20s} turns right={turns_right(found, applied)!s:5s} "
-                f"cue {time.perf_counter() - start:.2f} s",
+                f"wrong votes {len(wrong):2d} (weight {sum(v.weight for v in wrong)} of "
+                f"{sum(v.weight for v in votes)}) cue {seconds:.2f} s",
                 flush=True,
             )
 
@@ -200,6 +219,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("scene", type=Path)
     p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--only", help="comma-separated labels of the arrangements to run")
     p.add_argument("--json", type=Path, help="append one JSON line per arrangement")
     p.add_argument("--work", type=Path, help="where the copies and runs go (default: temp)")
     p.add_argument("--cue-only", action="store_true")
@@ -208,8 +228,9 @@ def main() -> None:
     _setup_logging(0, True)
     names = list_images(args.scene / "images")
     pixels = {n: read_image(args.scene / "images" / n) for n in names}
+    only = {x.strip() for x in args.only.split(",")} if args.only else None
     if args.cue_only:
-        cue_only(names, pixels, args.seeds)
+        cue_only(names, pixels, args.seeds, only)
         return
     gt_file = args.scene / "gt" / "cameras.txt"
     gt = read_cameras_txt(gt_file) if gt_file.is_file() else {}
@@ -219,7 +240,7 @@ def main() -> None:
         return
     rows = []
     config = PipelineConfig()
-    for label, applied in arrangements(names, args.seeds):
+    for label, applied in arrangements(names, args.seeds, only):
         copy_dir = work / "copy"
         gt_path = write_turned_copy(pixels, gt, applied, copy_dir)
         row = {"arrangement": label, **run_one(copy_dir, config, gt_path, applied)}
