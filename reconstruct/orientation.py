@@ -40,7 +40,7 @@ import numpy as np
 
 from . import paths
 from .config import config_hash, option, to_dict
-from .errors import StorageError
+from .errors import ImageReadError, StorageError
 from .images import read_image
 from .keypoints import KeypointsConfig, extract_keypoints
 from .matching import MatchingConfig, match_pairs
@@ -352,7 +352,11 @@ def estimate_votes(
     workers = config.workers if matcher is None else 0
 
     def describe(name: str) -> tuple[np.ndarray, np.ndarray]:
-        return _sift_features(image_dir / name, config)
+        try:
+            return _sift_features(image_dir / name, config)
+        except ImageReadError as e:  # no votes; extraction reports unreadable images
+            logger.debug("Upright cue skips %s: %s", name, e)
+            return np.zeros(0, np.float32), np.zeros((0, 128), np.uint8)
 
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
         described = pool.map(describe, names) if config.workers > 0 else map(describe, names)
@@ -373,6 +377,29 @@ def estimate_votes(
 
 
 # ----------------------------------------------------------------------------- stage
+
+
+def turns_before_extraction(
+    image_dir: Path,
+    names: list[str],
+    pairs_path: Path,
+    output_dir: Path,
+    config: OrientationConfig,
+    *,
+    overwrite: bool = False,
+) -> dict[str, int]:
+    """The non-zero turns of `names`, from the cue alone, for pairs that need no features
+    (exhaustive or sequential selection): the pipeline then extracts every image in its final
+    turn once, instead of extracting the turned ones twice. Writes ``rotations.json`` as
+    `correct_orientation` does, which reuses it afterwards when the images and pairs are the
+    same (nothing left to turn)."""
+    known = set(names)
+    pairs = sorted(
+        {tuple(sorted(p)) for p in read_pairs(pairs_path) if p[0] in known and p[1] in known}
+    )
+    path = Path(output_dir) / paths.ROTATIONS
+    turns = _find_turns(path, Path(image_dir), sorted(names), pairs, config, overwrite)
+    return {n: t for n, t in turns.items() if t}
 
 
 def correct_orientation(

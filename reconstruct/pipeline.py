@@ -1,4 +1,5 @@
-"""Runs the stages in order: keypoints -> pairs -> orientation -> matching -> mapping -> export.
+"""Runs the stages in order: keypoints -> pairs -> orientation -> matching -> mapping -> export
+(pairs and the upright cue first when the pairs need no features: exhaustive or sequential).
 
 Each stage reads the files of the previous one and returns the path it wrote, so any stage can
 be re-run alone (see cli.py). `run_pipeline` adds timings and writes ``run.json``.
@@ -27,8 +28,13 @@ from .images import check_any_readable, list_images
 from .keypoints import extract_keypoints
 from .mapping import run_mapping
 from .matching import match_pairs
-from .orientation import OrientationConfig, correct_orientation, read_rotations
-from .pairs import check_models, select_pairs
+from .orientation import (
+    OrientationConfig,
+    correct_orientation,
+    read_rotations,
+    turns_before_extraction,
+)
+from .pairs import check_models, needs_global_descriptors, select_pairs
 from .settings import PipelineConfig
 from .storage import (
     FeaturesReader,
@@ -210,23 +216,37 @@ def run_pipeline(
     start, timings = time.perf_counter(), _Timings()
     names, turns = check_inputs(image_dir, output_dir, config, overwrite)
     run = {"device": device, "overwrite": overwrite}
+    # Pairs that need no features (exhaustive, sequential) are chosen first, so the upright cue
+    # can run before extraction and every image is extracted once, in its final turn (issue 10).
+    early = config.orientation.enabled and not needs_global_descriptors(config.pairs, len(names))
+    if early:
+        with timings.stage("pairs"):
+            pairs = select_pairs(image_dir, output_dir, config.pairs, image_names=names, **run)
+        with timings.stage("orientation"):
+            turns = turns_before_extraction(
+                image_dir, names, pairs, output_dir, config.orientation, overwrite=overwrite
+            )
     with timings.stage("keypoints"):
         features = extract_keypoints(
             image_dir, output_dir, config.keypoints, image_names=names, rotations=turns,
             executor=executor, **run,
         )  # fmt: skip
-    with timings.stage("pairs"):
-        pairs = select_pairs(
-            image_dir, output_dir, config.pairs, image_names=readable_images(features),
-            features=features, executor=executor, **run,
-        )  # fmt: skip
+    readable = readable_images(features)
+    if not early or len(readable) != len(names):  # unreadable images leave the selection
+        with timings.stage("pairs"):
+            pairs = select_pairs(
+                image_dir, output_dir, config.pairs, image_names=readable,
+                features=features, executor=executor, **run,
+            )  # fmt: skip
     # The upright cue needs pairs, not matches: turning images before matching matches every
     # pair once (after matching, pairs of turned images were matched twice: 2x the matching
-    # time with random turns on Herz-Jesu-P8, issue 10).
+    # time with random turns on Herz-Jesu-P8, issue 10). After an early cue this reuses its
+    # rotations.json (same images and pairs) and has nothing left to turn.
     with timings.stage("orientation"):
         rotations = correct_orientation(
             image_dir, features, pairs, None, output_dir,
-            config.orientation, config.keypoints, config.matching, **run,
+            config.orientation, config.keypoints, config.matching,
+            device=device, overwrite=overwrite and not early,
         )  # fmt: skip
     with timings.stage("matching"):
         matches = match_pairs(

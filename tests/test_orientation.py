@@ -202,14 +202,26 @@ def test_re_extraction_of_turned_images_applies_the_masks(synthetic_scene, tmp_p
 
 
 @pytest.mark.slow
-def test_turned_images_register(synthetic_scene, tmp_path):
+def test_turned_images_register(synthetic_scene, tmp_path, monkeypatch):
     """Two of six views upside down and one in portrait, no EXIF: all register, poses right."""
+    from reconstruct import keypoints as keypoints_module
+
     images = tmp_path / "images"
     turns = ARRANGEMENTS["two_upside_down_one_portrait"]
     gt = _turned_copy(synthetic_scene, images, turns)
     cfg = load_config(overrides={"keypoints": {"max_keypoints": 512}})
+    extracted = []
+    extract = keypoints_module.extract_image
+    monkeypatch.setattr(
+        keypoints_module,
+        "extract_image",
+        lambda *a, **k: extracted.append(1) or extract(*a, **k),
+    )
     summary = run_pipeline(images, tmp_path / "out", cfg)
     assert summary.counts["registered_images"] == 6, summary.format()
+    # exhaustive pairs need no features: the cue ran first and each view was extracted once,
+    # already turned (the turned ones used to be extracted twice)
+    assert len(extracted) == 6
     found = json.loads((tmp_path / "out" / "rotations.json").read_text())["rotations"]
     # turns are relative to the upright majority: the three unturned views stay at 0
     assert found == {"view_001.jpg": 2, "view_003.jpg": 2, "view_004.jpg": 3}
