@@ -114,9 +114,18 @@ def _sample(reader: FeaturesReader, names: list[str], per_image: int, seed: int)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def local_header(config: LocalDescriptorConfig, features_hash: str, names: list[str]) -> Header:
-    """The header of VLAD descriptors (settings, features hash, image list)."""
-    images = hashlib.sha256("\n".join(names).encode()).hexdigest()
+def local_header(
+    config: LocalDescriptorConfig,
+    features_hash: str,
+    names: list[str],
+    turns: dict[str, int] | None = None,
+) -> Header:
+    """The header of VLAD descriptors (settings, features hash, image list, and the quarter
+    turn each image's features were extracted with: the upright stage re-extracts turned images
+    under the same features hash, and their descriptors must follow)."""
+    turns = turns or {}
+    listed = "\n".join(f"{n}\t{turns[n]}" if turns.get(n) else n for n in names)
+    images = hashlib.sha256(listed.encode()).hexdigest()
     return global_header(config, model="local", features_hash=features_hash, images_sha256=images)
 
 
@@ -150,7 +159,8 @@ def compute_local_descriptors(
     start = time.perf_counter()
     with FeaturesReader(Path(features_path)) as reader:
         keep = [n for n in names if n in reader]
-        header = local_header(config, reader.config_hash, keep)
+        turns = {n: int(reader.attrs(n).get("rotation", 0)) for n in keep}
+        header = local_header(config, reader.config_hash, keep, turns)
         if not keep or _is_current(path, header, keep):
             return path, keep
         # A bounded sample, so the codebook costs the same for 1,000 images as for 300.

@@ -248,6 +248,13 @@ def run_pipeline(
             config.orientation, config.keypoints, config.matching,
             device=device, overwrite=overwrite and not early,
         )  # fmt: skip
+        if read_rotations(rotations) != {n: t for n, t in turns.items() if t}:
+            # turned images were extracted again: pairs chosen from their features (the local
+            # retrieval descriptor) are chosen again from the upright ones, in seconds
+            pairs = select_pairs(
+                image_dir, output_dir, config.pairs, image_names=readable,
+                features=features, executor=executor, **run,
+            )  # fmt: skip
     with timings.stage("matching"):
         matches = match_pairs(
             pairs, features, output_dir, config.matching, executor=executor, **run

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reconstruct import paths
-from reconstruct.aggregation import LocalDescriptorConfig, fit_codebook, vlad
+from reconstruct.aggregation import LocalDescriptorConfig, fit_codebook, local_header, vlad
 from reconstruct.config import override
 from reconstruct.errors import ModelWeightsError
 from reconstruct.models import dinov2
@@ -153,3 +153,14 @@ def test_codebook_sample_is_bounded(scene_features, tmp_path, monkeypatch):
     config = LocalDescriptorConfig(sample_per_image=3, sample_total=100)
     aggregation.compute_local_descriptors(features, names, tmp_path, config)
     assert sizes[-1] == 3 * 20
+
+
+def test_local_header_follows_the_turns_features_were_extracted_with():
+    cfg, names = LocalDescriptorConfig(), ["a.jpg", "b.jpg"]
+    plain = local_header(cfg, "f00d", names).config_hash
+    # unturned images hash as before (no turn listed), turned ones change the hash, per turn
+    assert local_header(cfg, "f00d", names, {"a.jpg": 0, "b.jpg": 0}).config_hash == plain
+    turned = local_header(cfg, "f00d", names, {"b.jpg": 2}).config_hash
+    assert turned != plain
+    assert local_header(cfg, "f00d", names, {"b.jpg": 1}).config_hash not in (plain, turned)
+    assert local_header(cfg, "f00d", names, {"a.jpg": 2}).config_hash != turned
