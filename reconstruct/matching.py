@@ -113,7 +113,6 @@ class LightGlueMatcher:
 
         self.torch = torch
         self.device = device
-        self.amp = config.mixed_precision and device.type == "cuda"
         self.model = (
             LightGlue(
                 features="aliked",
@@ -132,6 +131,7 @@ class LightGlueMatcher:
             .to(device)
         )
         self.precision = lightglue_precision(config, device)
+        self.amp = self.precision == "float16"  # CUDA autocast
         if device.type != "cuda":
             from .models.lightglue_cpu import use_bfloat16_layers, use_fused_cross_attention
 

@@ -174,7 +174,10 @@ _REDUCED_GRAY = (
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the frame header of a complete JPEG, in the file's stored frame
-    (before EXIF orientation); None for anything else (the full decode then decides)."""
+    (before EXIF orientation); None for anything else (the full decode then decides).
+
+    Read by hand because OpenCV has no header-only size query and Pillow, which has one, is
+    not a runtime dependency; the reduction factor must be known before decoding."""
     if not data.startswith(b"\xff\xd8") or b"\xff\xd9" not in data[-4096:]:
         return None
     i, n = 2, len(data)

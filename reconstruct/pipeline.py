@@ -232,12 +232,16 @@ def run_pipeline(
             executor=executor, **run,
         )  # fmt: skip
     readable = readable_images(features)
+
+    def choose_pairs() -> Path:  # from the images that have features
+        return select_pairs(
+            image_dir, output_dir, config.pairs, image_names=readable,
+            features=features, executor=executor, **run,
+        )  # fmt: skip
+
     if not early or len(readable) != len(names):  # unreadable images leave the selection
         with timings.stage("pairs"):
-            pairs = select_pairs(
-                image_dir, output_dir, config.pairs, image_names=readable,
-                features=features, executor=executor, **run,
-            )  # fmt: skip
+            pairs = choose_pairs()
     # The upright cue needs pairs, not matches: turning images before matching matches every
     # pair once (after matching, pairs of turned images were matched twice: 2x the matching
     # time with random turns on Herz-Jesu-P8, issue 10). After an early cue this reuses its
@@ -251,10 +255,7 @@ def run_pipeline(
         if read_rotations(rotations) != {n: t for n, t in turns.items() if t}:
             # turned images were extracted again: pairs chosen from their features (the local
             # retrieval descriptor) are chosen again from the upright ones, in seconds
-            pairs = select_pairs(
-                image_dir, output_dir, config.pairs, image_names=readable,
-                features=features, executor=executor, **run,
-            )  # fmt: skip
+            pairs = choose_pairs()
     with timings.stage("matching"):
         matches = match_pairs(
             pairs, features, output_dir, config.matching, executor=executor, **run
