@@ -74,13 +74,20 @@ def check_any_readable(image_dir: Path, names: list[str]) -> None:
     raise InputError(f"none of the {len(names)} images in {image_dir} can be read: {shown}")
 
 
-def _check_jpeg_complete(path: Path, data: bytes) -> None:
+def _jpeg_problem(data: bytes) -> str | None:
     # OpenCV decodes a truncated JPEG into a partly grey image with only a stderr warning, so
     # we check for the end-of-image marker ourselves (trailing bytes after it are allowed).
     if not data.startswith(b"\xff\xd8"):
-        raise ImageReadError(path, "not a JPEG file despite its extension")
+        return "not a JPEG file despite its extension"
     if b"\xff\xd9" not in data[-4096:]:
-        raise ImageReadError(path, "the JPEG file is truncated (no end-of-image marker)")
+        return "the JPEG file is truncated (no end-of-image marker)"
+    return None
+
+
+def _check_jpeg_complete(path: Path, data: bytes) -> None:
+    problem = _jpeg_problem(data)
+    if problem:
+        raise ImageReadError(path, problem)
 
 
 def read_image(path: Path, *, grayscale: bool = False) -> np.ndarray:
@@ -112,15 +119,107 @@ def read_image(path: Path, *, grayscale: bool = False) -> np.ndarray:
     return image
 
 
+def _downsized_size(w: int, h: int, long_side: int | None) -> tuple[int, int] | None:
+    """(width, height) with the long side at `long_side`, or None when no downscale applies."""
+    if not long_side or max(h, w) <= long_side:
+        return None
+    scale = long_side / max(h, w)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def resize_long_side(image: np.ndarray, long_side: int | None) -> tuple[np.ndarray, float]:
     """Downscale so the long side is at most `long_side` (never upscale); returns the scale."""
     h, w = image.shape[:2]
-    if not long_side or max(h, w) <= long_side:
+    size = _downsized_size(w, h, long_side)
+    if size is None:
         return image, 1.0
-    scale = long_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return resized, scale
+    return resized, long_side / max(h, w)
+
+
+# Reduced JPEG decodes (libjpeg's DCT scaling: the output is ceil(side / factor)), largest first.
+_REDUCED_GRAY = (
+    (8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+    (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+    (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the frame header of a complete JPEG, in the file's stored frame
+    (before EXIF orientation); None for anything else (the full decode then decides).
+
+    Read by hand because OpenCV has no header-only size query and Pillow, which has one, is
+    not a runtime dependency; the reduction factor must be known before decoding."""
+    if _jpeg_problem(data):
+        return None  # the full decode raises the error
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (w, h) if w and h else None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _read_reduced(path: Path, max_size: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A JPEG decoded gray at the largest DCT reduction that keeps its long side >= `max_size`,
+    EXIF orientation applied as by `read_image`, with the (height, width) of the full decode in
+    that frame; None when no reduction applies or the frame is ambiguous (full decode then)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # read_image raises the error
+    size = _jpeg_size(data)
+    if size is None:
+        return None
+    w, h = size
+    if min(w, h) < MIN_IMAGE_SIDE:
+        return None  # the full decode raises the error
+    for factor, flag in _REDUCED_GRAY:
+        if -(-max(w, h) // factor) < max_size:
+            continue
+        gray = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        if gray is None:
+            return None
+        upright, turned = (-(-h // factor), -(-w // factor)), (-(-w // factor), -(-h // factor))
+        if upright == turned or gray.shape not in (upright, turned):
+            return None  # near-square (did EXIF swap the sides?) or an unexpected size
+        return gray, ((h, w) if gray.shape == upright else (w, h))
+    return None
+
+
+def read_gray_downsized(path: Path, max_size: int) -> np.ndarray:
+    """The image as gray uint8 with its long side downsized to `max_size` (never upscaled), in
+    the frame of `read_image` (EXIF orientation applied).
+
+    The size and frame are those of `read_image` then `resize_long_side` (INTER_AREA); a JPEG
+    is decoded reduced first (libjpeg's DCT scaling, up to 64x fewer pixels; what the upright
+    cue spends most of its time on with large photos). Anything else is decoded in full."""
+    reduced = _read_reduced(path, max_size)
+    if reduced is None:
+        gray = read_image(path, grayscale=True)
+        full = gray.shape[:2]
+    else:
+        gray, full = reduced
+    size = _downsized_size(full[1], full[0], max_size)
+    if size is not None:
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return gray
 
 
 def prefetch(

@@ -41,7 +41,7 @@ import numpy as np
 from . import paths
 from .config import config_hash, option, to_dict
 from .errors import ImageReadError, StorageError
-from .images import read_image
+from .images import read_gray_downsized
 from .keypoints import KeypointsConfig, extract_keypoints
 from .matching import MatchingConfig, match_pairs
 from .progress import progress
@@ -164,96 +164,12 @@ def solve_turns(names: list[str], votes: list[PairVote]) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the cue
 
 
-# Reduced JPEG decodes (libjpeg's DCT scaling: the output is ceil(side / factor)), largest first.
-_REDUCED_GRAY = (
-    (8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
-    (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-    (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
-)
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the frame header of a complete JPEG, in the file's stored frame
-    (before EXIF orientation); None for anything else (the full decode then decides).
-
-    Read by hand because OpenCV has no header-only size query and Pillow, which has one, is
-    not a runtime dependency; the reduction factor must be known before decoding."""
-    if not data.startswith(b"\xff\xd8") or b"\xff\xd9" not in data[-4096:]:
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > n:
-                return None
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return (w, h) if w and h else None
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
-
-
-def _read_reduced(path: Path, max_size: int) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """A JPEG decoded gray at the largest DCT reduction that keeps its long side >= `max_size`,
-    EXIF orientation applied as by `read_image`, with the (height, width) of the full decode in
-    that frame; None when no reduction applies or the frame is ambiguous (full decode then)."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None  # read_image raises the error
-    size = _jpeg_size(data)
-    if size is None:
-        return None
-    w, h = size
-    for factor, flag in _REDUCED_GRAY:
-        if -(-max(w, h) // factor) < max_size:
-            continue
-        gray = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-        if gray is None:
-            return None
-        upright, turned = (-(-h // factor), -(-w // factor)), (-(-w // factor), -(-h // factor))
-        if upright == turned or gray.shape not in (upright, turned):
-            return None  # near-square (did EXIF swap the sides?) or an unexpected size
-        return gray, ((h, w) if gray.shape == upright else (w, h))
-    return None
-
-
-def _read_gray(path: Path, max_size: int) -> np.ndarray:
-    """The image as gray uint8 with its long side downsized to `max_size` (never upscaled), in
-    the frame of `read_image` (EXIF orientation applied).
-
-    The size and frame are those of decoding the full image and resizing it (INTER_AREA); a
-    JPEG is decoded reduced (libjpeg's DCT scaling, up to 8x fewer pixels) first, which is
-    most of the cost of the cue on large photos. Anything else is decoded in full."""
-    reduced = _read_reduced(path, max_size)
-    if reduced is None:
-        gray = read_image(path, grayscale=True)
-        full = gray.shape[:2]
-    else:
-        gray, full = reduced
-    scale = max_size / max(full)
-    if scale < 1:
-        size = (max(1, round(full[1] * scale)), max(1, round(full[0] * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return gray
-
-
 def _sift_features(path: Path, config: OrientationConfig) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoint angles (degrees, OpenCV's convention) and descriptors of a downsized image.
 
     OpenCV rounds SIFT descriptors to bytes; they are returned as uint8 when they are (which
     lets `pair_vote` match them exactly with a matrix product), else as float32."""
-    gray = _read_gray(path, config.max_size)
+    gray = read_gray_downsized(path, config.max_size)
     sift = cv2.SIFT_create(nfeatures=config.max_features)
     keypoints, descriptors = sift.detectAndCompute(gray, None)
     if descriptors is None:

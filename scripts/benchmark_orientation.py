@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -40,13 +41,14 @@ import numpy as np
 from reconstruct import paths
 from reconstruct.cli import _setup_logging
 from reconstruct.errors import ReconstructError
-from reconstruct.evaluation import evaluate
-from reconstruct.export import read_all_poses
 from reconstruct.gt import read_cameras_txt, rotate_camera, write_cameras_txt
 from reconstruct.images import list_images, read_image
 from reconstruct.orientation import OrientationConfig, estimate_votes, solve_turns
 from reconstruct.pipeline import run_pipeline
 from reconstruct.settings import PipelineConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark_scenes import score as score_sparse  # noqa: E402 - scripts/ is on the path above
 
 logger = logging.getLogger("reconstruct.benchmark_orientation")
 
@@ -94,19 +96,8 @@ def write_turned_copy(
 
 
 def score(out_dir: Path, gt_path: Path | None, num_images: int) -> dict:
-    try:
-        models = read_all_poses(out_dir / paths.SPARSE)
-    except ReconstructError:
-        models = []
-    row = {
-        "registered": len(models[0]) if models else 0,
-        "models": len(models),
-        "images": num_images,
-    }
+    row = score_sparse(out_dir / paths.SPARSE, gt_path, num_images)
     row["one_model"] = row["registered"] == num_images and row["models"] == 1
-    if gt_path is not None:
-        metrics = evaluate(read_cameras_txt(gt_path), models).to_dict()
-        row["auc5"] = round(float(metrics["auc"]["5"]), 4)
     return row
 
 

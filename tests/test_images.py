@@ -4,7 +4,14 @@ import pytest
 from PIL import Image
 
 from reconstruct.errors import ImageReadError, InputError
-from reconstruct.images import list_images, prefetch, read_image, resize_long_side
+from reconstruct.images import (
+    _read_reduced,
+    list_images,
+    prefetch,
+    read_gray_downsized,
+    read_image,
+    resize_long_side,
+)
 
 
 def _texture(h=60, w=80):
@@ -120,3 +127,82 @@ def test_prefetch_reads_its_items_lazily_and_keeps_none_items():
     # None is an item like any other, not the end of the stream
     out = list(prefetch(lambda x: x, [1, 2, None, 3], workers=1, lookahead=1))
     assert out == [(1, 1), (2, 2), (None, None), (3, 3)]
+
+
+def _pattern(w, h):
+    """A smooth RGB picture with a bright block near the top-left corner: any flip or quarter
+    turn of it differs from it by far more than the decoders do."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([255 * x / w, 255 * y / h, 128 + 60 * np.sin(x / 97 + y / 61)], axis=-1)
+    rgb[h // 10 : h // 3, w // 12 : w // 4] = (250, 250, 40)
+    return rgb.astype(np.uint8)
+
+
+def _full_decode_gray(path, max_size):
+    """Full RGB decode, gray, resize: what `read_gray_downsized` must equal."""
+    gray = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2GRAY)
+    scale = max_size / max(gray.shape)
+    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize(
+    ("size", "orientation", "progressive"),
+    [
+        ((2601, 1701), None, False),  # reduced by 4: ceil(2601 / 4) = 651 >= 640
+        ((2601, 1701), 6, False),  # EXIF: displayed turned by 90 degrees clockwise
+        ((2601, 1701), 8, True),  # EXIF: turned by 270, progressive JPEG
+        ((1301, 977), 3, False),  # reduced by 2, EXIF: turned by 180
+        ((1701, 5300), 5, False),  # portrait, reduced by 8; EXIF: transposed
+    ],
+)
+def test_reduced_decode_has_the_frame_and_size_of_the_full_decode(
+    tmp_path, size, orientation, progressive
+):
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.fromarray(_pattern(*size)).save(path, exif=exif, quality=95, progressive=progressive)
+    expected = _full_decode_gray(path, 640)
+    reduced = _read_reduced(path, 640)
+    assert reduced is not None  # the reduced decode was used
+    full_shape = read_image(path).shape[:2]
+    assert reduced[1] == full_shape and min(reduced[0].shape) < min(full_shape)
+    gray = read_gray_downsized(path, 640)
+    assert gray.shape == expected.shape and gray.dtype == np.uint8
+    # same pixel frame: the DCT-scaled decode differs from the full one by a few grey levels
+    # on this picture (0.2-0.4 on average), a flipped or turned frame by 40 or more
+    assert np.abs(gray.astype(int) - expected).mean() < 2
+
+
+def test_reduced_decode_falls_back_to_the_full_decode(tmp_path):
+    # near-square with EXIF 6: ceil(2600 / 4) == ceil(2597 / 4), the frame cannot be told
+    square = tmp_path / "square.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_pattern(2600, 2597)).save(square, exif=exif, quality=95)
+    # a PNG, a JPEG already small enough
+    png, small = tmp_path / "photo.png", tmp_path / "small.jpg"
+    cv2.imwrite(str(png), _pattern(1800, 1200))
+    cv2.imwrite(str(small), _pattern(1000, 700))
+    for path in (square, png, small):
+        assert _read_reduced(path, 640) is None, path
+        expected = _full_decode_gray(path, 640)
+        gray = read_gray_downsized(path, 640)
+        assert gray.shape == expected.shape, path
+        assert np.abs(gray.astype(int) - expected).max() <= 1, path  # gray decode vs RGB->gray
+    # a truncated JPEG is refused as by read_image, not decoded half grey
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(square.read_bytes()[:-5000])
+    assert _read_reduced(truncated, 640) is None
+    with pytest.raises(ImageReadError):
+        read_gray_downsized(truncated, 640)
+
+
+def test_downsized_gray_refuses_what_read_image_refuses(tmp_path):
+    thin = tmp_path / "thin.jpg"
+    cv2.imwrite(str(thin), _pattern(3000, 20))
+    assert _read_reduced(thin, 640) is None
+    with pytest.raises(ImageReadError, match="too small"):
+        read_gray_downsized(thin, 640)

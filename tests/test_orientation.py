@@ -4,7 +4,6 @@ import shutil
 import numpy as np
 import pytest
 
-from reconstruct.errors import ImageReadError
 from reconstruct.evaluation import relative_pose_errors
 from reconstruct.export import read_all_poses
 from reconstruct.gt import rotate_camera
@@ -15,8 +14,6 @@ from reconstruct.orientation import (
     OrientationConfig,
     PairVote,
     _ratio_matches,
-    _read_gray,
-    _read_reduced,
     _sift_features,
     correct_orientation,
     estimate_votes,
@@ -251,84 +248,6 @@ def test_turned_images_register(synthetic_scene, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the cue, cost
-
-
-def _pattern(w, h):
-    """A smooth RGB picture with a bright block near the top-left corner: any flip or quarter
-    turn of it differs from it by far more than the decoders do."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    rgb = np.stack([255 * x / w, 255 * y / h, 128 + 60 * np.sin(x / 97 + y / 61)], axis=-1)
-    rgb[h // 10 : h // 3, w // 12 : w // 4] = (250, 250, 40)
-    return rgb.astype(np.uint8)
-
-
-def _full_decode_gray(path, max_size):
-    """The cue's input as computed before the reduced decode: full RGB decode, gray, resize."""
-    import cv2
-
-    gray = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2GRAY)
-    scale = max_size / max(gray.shape)
-    size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-
-
-@pytest.mark.parametrize(
-    ("size", "orientation", "progressive"),
-    [
-        ((2601, 1701), None, False),  # reduced by 4: ceil(2601 / 4) = 651 >= 640
-        ((2601, 1701), 6, False),  # EXIF: displayed turned by 90 degrees clockwise
-        ((2601, 1701), 8, True),  # EXIF: turned by 270, progressive JPEG
-        ((1301, 977), 3, False),  # reduced by 2, EXIF: turned by 180
-        ((1701, 5300), 5, False),  # portrait, reduced by 8; EXIF: transposed
-    ],
-)
-def test_reduced_decode_has_the_frame_and_size_of_the_full_decode(
-    tmp_path, size, orientation, progressive
-):
-    from PIL import Image
-
-    path = tmp_path / "photo.jpg"
-    exif = Image.Exif()
-    if orientation:
-        exif[0x0112] = orientation
-    Image.fromarray(_pattern(*size)).save(path, exif=exif, quality=95, progressive=progressive)
-    expected = _full_decode_gray(path, 640)
-    reduced = _read_reduced(path, 640)
-    assert reduced is not None  # the reduced decode was used
-    full_shape = read_image(path).shape[:2]
-    assert reduced[1] == full_shape and min(reduced[0].shape) < min(full_shape)
-    gray = _read_gray(path, 640)
-    assert gray.shape == expected.shape and gray.dtype == np.uint8
-    # same pixel frame: the DCT-scaled decode differs from the full one by a few grey levels
-    # on this picture (0.2-0.4 on average), a flipped or turned frame by 40 or more
-    assert np.abs(gray.astype(int) - expected).mean() < 2
-
-
-def test_reduced_decode_falls_back_to_the_full_decode(tmp_path):
-    import cv2
-    from PIL import Image
-
-    # near-square with EXIF 6: ceil(2600 / 4) == ceil(2597 / 4), the frame cannot be told
-    square = tmp_path / "square.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(_pattern(2600, 2597)).save(square, exif=exif, quality=95)
-    # a PNG, a JPEG already small enough
-    png, small = tmp_path / "photo.png", tmp_path / "small.jpg"
-    cv2.imwrite(str(png), _pattern(1800, 1200))
-    cv2.imwrite(str(small), _pattern(1000, 700))
-    for path in (square, png, small):
-        assert _read_reduced(path, 640) is None, path
-        expected = _full_decode_gray(path, 640)
-        gray = _read_gray(path, 640)
-        assert gray.shape == expected.shape, path
-        assert np.abs(gray.astype(int) - expected).max() <= 1, path  # gray decode vs RGB->gray
-    # a truncated JPEG is refused as by read_image, not decoded half grey
-    truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(square.read_bytes()[:-5000])
-    assert _read_reduced(truncated, 640) is None
-    with pytest.raises(ImageReadError):
-        _read_gray(truncated, 640)
 
 
 def test_matrix_matches_are_the_brute_force_matches(synthetic_scene):
