@@ -58,6 +58,29 @@ def test_wrapping_is_idempotent_and_only_off_cuda():
     )
 
 
+def test_bfloat16_layer_equals_autocast_of_the_float32_layer():
+    import copy
+
+    layer = use_fused_cross_attention(_lightglue()).transformers[0]
+    reference = copy.deepcopy(layer)
+    wrapped = BFloat16Layer(layer)
+    assert layer.self_attn.Wqkv.weight.dtype == torch.bfloat16
+    assert layer.self_attn.ffn[1].weight.dtype == torch.float32  # the layer norm
+    gen = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(1, 37, 256, generator=gen), torch.randn(1, 53, 256, generator=gen)
+    enc0, enc1 = (
+        torch.randn(2, 1, 1, 37, 64, generator=gen),
+        torch.randn(2, 1, 1, 53, 64, generator=gen),
+    )
+    with torch.inference_mode():
+        got = wrapped(x0, x1, enc0, enc1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = reference(x0, x1, enc0, enc1)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w.float(), rtol=0, atol=0)
+
+
 @pytest.fixture(scope="module")
 def features(synthetic_scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("feats")

@@ -66,10 +66,18 @@ def use_fused_cross_attention(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class BFloat16Layer(torch.nn.Module):
-    """A LightGlue transformer layer run under CPU bfloat16 autocast, outputs back in float32."""
+    """A LightGlue transformer layer run under CPU bfloat16 autocast, outputs back in float32.
+
+    Its linear layers' weights are stored in bfloat16 once, as autocast would round them on
+    every call: the results are identical, without re-casting some 12 M parameters a pair
+    (18% of the CPU time of a pair, torch profiler, sacre_coeur). The layer norms keep their
+    float32 weights, as autocast uses them."""
 
     def __init__(self, layer: torch.nn.Module) -> None:
         super().__init__()
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(torch.bfloat16)
         self.layer = layer
 
     def forward(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
