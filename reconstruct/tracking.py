@@ -188,8 +188,14 @@ class KeypointTracker:
             from .matching import MatchingConfig, build_matcher
 
             device = resolve_device("auto")
+            # The library's ALIKED forward: with the sparse head (equal to float32 rounding, but
+            # near-equal scores can swap order) one point of the synthetic tracking test drifts
+            # to 7.4 px instead of at most 2.8 px; not understood yet, so the tracker keeps the
+            # forward its accuracy was measured with.
             keypoints = KeypointsConfig(
-                max_keypoints=config.max_keypoints, resize=config.keypoint_resize
+                max_keypoints=config.max_keypoints,
+                resize=config.keypoint_resize,
+                sparse_head=False,
             )
             extractor = extractor or build_extractor(keypoints, device)
             matcher = matcher or build_matcher(MatchingConfig(), "aliked", device)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from reconstruct import accel
 from reconstruct.keypoints import KeypointsConfig, extract_keypoints, extraction_jobs
@@ -78,9 +79,13 @@ def _same_features(a, b, kp_tol=1e-3):
             fa, fb = ra.read(name), rb.read(name)
             assert fa.image_size == fb.image_size
             assert fa.keypoints.shape == fb.keypoints.shape
-            np.testing.assert_allclose(fa.keypoints, fb.keypoints, atol=kp_tol, rtol=0)
-            np.testing.assert_allclose(fa.descriptors, fb.descriptors, atol=1e-4, rtol=0)
-            np.testing.assert_allclose(fa.scores, fb.scores, atol=1e-4, rtol=0)
+            # The same keypoints within kp_tol; keypoints of near-equal score (stored best first)
+            # may swap places when the thread count changes the last bits of the scores.
+            dist, idx = cKDTree(fb.keypoints).query(fa.keypoints)
+            assert dist.max() < kp_tol and len(set(idx.tolist())) == len(idx)
+            assert (idx != np.arange(len(idx))).mean() < 0.01
+            np.testing.assert_allclose(fa.descriptors, fb.descriptors[idx], atol=1e-4, rtol=0)
+            np.testing.assert_allclose(fa.scores, fb.scores[idx], atol=1e-4, rtol=0)
 
 
 def _identical_match_share(a, b) -> float:
