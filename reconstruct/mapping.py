@@ -70,7 +70,16 @@ the evidence depends on that frame (12-24 when it is the photos turned clockwise
 down, 47-84 otherwise) while the standard error stays 0.075-0.098%; refining wins in every
 frame (AUC@5 0.943-0.953 against 0.925-0.928 fixed in the clockwise one). Narrow rings with the
 principal point at the centre, where the shift is the principal point trading off against
-rotation: 0.28% (focal 2x the width, evidence 29), 0.52% (2.4x), 1.6% (3.5x), 3.3% (5x)."""
+rotation: 0.28% (focal 2x the width, evidence 29), 0.52% (2.4x), 1.6% (3.5x), 3.3% (5x).
+That standard error assumes independent residuals and is optimistic along a direction the data
+barely fix. Synthetic ring with focal 1x the width, principal point at the centre
+(`scripts/benchmark_scenes.py`, scene ``medium``): kept by this branch (evidence 31, shift 0.5%,
+standard error 0.09%) although wrong, AUC@5 0.950 against 0.962 fixed; a delete-a-group
+jackknife over 16 groups of 3D points (16 refinements from the same start) gives cx 1.3 +- 0.6,
+cy 2.9 +- 2.1 px there. Tried and not adopted: on this branch, keep only coordinates at least z
+jackknife standard errors from the centre. z = 2.5: medium 0.962, but Herz-Jesu-P8 turned
+(seed 9: cx 10.5 +- 4.7, z 2.25) loses its principal point, 0.943 -> 0.926; z = 2: seed 9 0.942,
+medium saved by z 1.95 < 2 alone. Both decisions sit within the jackknife's own noise."""
 
 
 @dataclass(frozen=True, kw_only=True)

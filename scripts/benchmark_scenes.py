@@ -8,6 +8,7 @@ Synthetic scenes (rendered by `reconstruct.synthetic`, ground truth exact):
 
 - ``narrowF``: focal length F x the image width (F in 2..5), 12 views on a 100 degree arc;
 - ``narrowF-pp``: the same with the principal point 1.5% off the centre;
+- ``medium``: focal length 1 x the width (53 degree field of view), principal point at the centre;
 - ``wide``: focal length 0.6 x the width (80 degree field of view), principal point off-centre;
 - ``textureless``: texture contrast 6% of the usual;
 - ``mixed``: a third of the views downsized to 480x360 and a third upsized to 800x600 (mixed
@@ -56,6 +57,7 @@ def synthetic_configs() -> dict[str, SceneConfig]:
     for f in (2.0, 2.4, 3.5, 5.0):
         out[f"narrow{f:g}"] = SceneConfig(**BASE, focal=f * 640)
         out[f"narrow{f:g}-pp"] = SceneConfig(**BASE, focal=f * 640, principal_offset=(9.0, -6.0))
+    out["medium"] = SceneConfig(**BASE)
     out["wide"] = SceneConfig(**BASE, focal=0.6 * 640, principal_offset=(9.0, -6.0))
     out["textureless"] = SceneConfig(**BASE, contrast=0.06)
     out["mixed"] = SceneConfig(**BASE)
