@@ -192,8 +192,8 @@ class KeypointTracker:
             # sparse head gives the same keypoints to float32 rounding, but near-equal scores can
             # swap order, LightGlue then keeps a few other matches and the RANSAC affine moves.
             # In the synthetic tracking test that is enough to move one point on the
-            # motion-blurred frame 5 by 3 px, which then compounds (frame 5 becomes its reference):
-            # worst point 7.4 px with the sparse head, 4.8 px without (test bound 5 px). The
+            # motion-blurred frame 5 by 2.6 px, which then compounds (frame 5 becomes its
+            # reference): worst point 7.4 px with the sparse head, 4.8 px without (bound 5 px). The
             # tracker's sensitivity to a blurred reference frame is the open problem, not the head.
             keypoints = KeypointsConfig(
                 max_keypoints=config.max_keypoints,

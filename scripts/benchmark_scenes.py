@@ -11,8 +11,8 @@ Synthetic scenes (rendered by `reconstruct.synthetic`, ground truth exact):
 - ``medium``: focal length 1 x the width (53 degree field of view), principal point at the centre;
 - ``wide``: focal length 0.6 x the width (80 degree field of view), principal point off-centre;
 - ``textureless``: texture contrast 6% of the usual;
-- ``mixed``: a third of the views downsized to 480x360 and a third upsized to 800x600 (mixed
-  image sizes as in internet photos, so several cameras).
+- ``mixed``: ``medium`` with a third of the views downsized to 480x360 and a third upsized to
+  800x600 (mixed image sizes as in internet photos, so several cameras).
 
 `--dev` adds real scenes (a folder with `images/` and optionally `gt/cameras.txt`).
 
