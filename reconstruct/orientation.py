@@ -12,6 +12,15 @@ estimated from a cue that does not depend on it:
    runner-up (in matches) is the vote's weight. Cost: JPEGs are decoded DCT-reduced, the
    ratio-test matches come from one exact matrix product per pair, images and pairs run on
    `workers` threads (about 3% of a default run on Herz-Jesu-P8/P25 with no image turned).
+
+   The pairs voting are the selected pairs plus, for every image, its `neighbours` most
+   similar images by a rotation-invariant descriptor (VLAD of the cue's own SIFT descriptors).
+   Pairs chosen by retrieval are not enough: its descriptors (ALIKED VLAD, DINOv2) are not
+   rotation-invariant, so an upside-down photo is paired with other upside-down photos. On a
+   ring of photos around an object with every third one upside down, the only pairs left
+   between the two orientations were views from opposite sides, where the texture on the
+   ground is itself turned by about 180 degrees in the image and cancels the turn: no image
+   was found turned (`scripts/benchmark_scenes.py`, ``ring2.4-turned``).
 2. **One turn per image.** `solve_turns` finds labels mod 4 that agree with the votes: a
    maximum-weight spanning tree fixes a first labelling, then each image in turn takes the label
    that agrees with the largest weight of its votes, until nothing changes. In each connected
@@ -39,6 +48,7 @@ import cv2
 import numpy as np
 
 from . import paths
+from .aggregation import fit_codebook, vlad
 from .config import config_hash, option, to_dict
 from .errors import ImageReadError, StorageError
 from .images import read_gray_downsized
@@ -62,6 +72,11 @@ class OrientationConfig:
     max_features: int = option(1500, "SIFT keypoints per image for the cue")
     ratio: float = option(0.8, "Lowe ratio test of the SIFT matches")
     min_votes: int = option(12, "matches that must agree on a quarter turn for a pair to vote")
+    neighbours: int = option(
+        5,
+        "each image also votes with its this many most similar images by a rotation-invariant "
+        "descriptor (VLAD of the cue's SIFT), beside the selected pairs; 0: the pairs only",
+    )
     workers: int = option(
         2, "threads for the cue's images and pairs (0: serial; same votes)", hashed=False
     )
@@ -69,6 +84,8 @@ class OrientationConfig:
     def __post_init__(self) -> None:
         if self.max_size < 64 or self.max_features < 16 or self.min_votes < 1:
             raise ValueError("max_size >= 64, max_features >= 16 and min_votes >= 1 required")
+        if self.neighbours < 0:
+            raise ValueError(f"neighbours must be >= 0, got {self.neighbours}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0 < self.ratio <= 1:
@@ -253,21 +270,70 @@ def pair_vote(
     )
 
 
+def _root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic and Zisserman 2012): L1-normalised, square-rooted descriptors,
+    so Euclidean distances between them compare like the Hellinger kernel."""
+    d = np.asarray(descriptors, np.float32)
+    norms = np.abs(d).sum(1, keepdims=True)
+    return np.sqrt(np.divide(d, norms, out=np.zeros_like(d), where=norms > 0))
+
+
+def similar_pairs(
+    descriptors: dict[str, np.ndarray], k: int, *, codebook_size: int = 32, seed: int = 0
+) -> list[tuple[str, str]]:
+    """Each image with its `k` most similar images (sorted unordered name pairs).
+
+    Similarity is the cosine of VLAD vectors (`aggregation.vlad`, codebook fitted here on a
+    sample of every image's descriptors) of the images' RootSIFT descriptors: as rotation-
+    invariant as SIFT itself, so an image's neighbours are found whatever its turn. Images
+    without descriptors have no neighbours.
+    """
+    names = sorted(descriptors)
+    if k <= 0 or len(names) < 2:
+        return []
+    rng = np.random.default_rng(seed)
+    per_image = max(16, min(200, 50_000 // len(names)))
+    roots = {n: _root_sift(d) for n, d in descriptors.items()}
+    parts = [
+        r[np.sort(rng.choice(len(r), per_image, replace=False))] if len(r) > per_image else r
+        for r in (roots[n] for n in names)
+    ]
+    sample = np.concatenate(parts)
+    if len(sample) < 2:
+        return []
+    codebook = fit_codebook(sample, codebook_size, seed=seed)
+    vectors = np.stack([vlad(roots[n], codebook) for n in names])
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    chosen = set()
+    for i, row in enumerate(similarity):
+        for j in np.argsort(-row, kind="stable")[:k]:
+            if row[j] > 0:
+                chosen.add((min(i, int(j)), max(i, int(j))))
+    return [(names[i], names[j]) for i, j in sorted(chosen)]
+
+
 def estimate_votes(
     image_dir: Path,
     pairs: list[tuple[str, str]],
     config: OrientationConfig,
     *,
+    names: list[str] | None = None,
     matcher: cv2.DescriptorMatcher | None = None,
 ) -> list[PairVote]:
-    """The vote of every pair (images read and described once each), in the order of `pairs`.
+    """The votes of `pairs` (in their order), then of the cue's own neighbour pairs.
+
+    The images described are `names` (default: those in `pairs`), each read and described
+    once. With ``config.neighbours`` > 0, every described image also votes with its
+    `config.neighbours` most similar images by `similar_pairs` (rotation-invariant), sorted,
+    after `pairs` and without repeating one of them.
 
     Images and pairs are processed on `config.workers` threads (OpenCV and NumPy release the
     GIL); each result depends only on its own inputs, so the votes are those of a serial run.
     `matcher` as in `pair_vote` (a DescriptorMatcher is not shared between threads, so the
     pairs then run serially)."""
     image_dir = Path(image_dir)
-    names = sorted({n for p in pairs for n in p})
+    names = sorted(set(names or ()) | {n for p in pairs for n in p})
     workers = config.workers if matcher is None else 0
 
     def describe(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -286,13 +352,23 @@ def estimate_votes(
                 strict=True,
             )
         )
+        given = [tuple(p) for p in pairs]
+        known = {tuple(sorted(p)) for p in given}
+        extra = similar_pairs({n: f[1] for n, f in feats.items()}, config.neighbours)
+        voting = given + [p for p in extra if p not in known]
+        if len(voting) > len(given):
+            logger.debug(
+                "Upright cue: %d neighbour pairs beside the %d selected",
+                len(voting) - len(given),
+                len(given),
+            )
 
         def vote(pair: tuple[str, str]) -> PairVote:
             a, b = pair
             return pair_vote(a, b, feats[a], feats[b], config, matcher)
 
-        voted = pool.map(vote, pairs) if workers > 0 else map(vote, pairs)
-        return list(progress(voted, total=len(pairs), desc="upright votes", unit="pair"))
+        voted = pool.map(vote, voting) if workers > 0 else map(vote, voting)
+        return list(progress(voted, total=len(voting), desc="upright votes", unit="pair"))
 
 
 # ----------------------------------------------------------------------------- stage
@@ -394,7 +470,7 @@ def _find_turns(
         logger.info("Reusing the turns in %s", path)
         turns, votes = {n: int(t) for n, t in previous["turns"].items()}, None
     else:
-        votes = estimate_votes(image_dir, pairs, config)
+        votes = estimate_votes(image_dir, pairs, config, names=names)
         turns = solve_turns(names, votes)
     if votes is not None:
         _write(path, config, digest, turns, pairs, votes)

@@ -1,9 +1,12 @@
 """Procedural synthetic scenes with known cameras, for ``reconstruct demo`` and end-to-end tests.
 
-A scene is a handful of bounded, textured planes: a ground plane, two walls meeting at an oblique
-corner and two boxes standing on the ground, so there is real depth variation (a single plane would
-be a homography, a degenerate case for structure from motion). Cameras sit on an arc around the
-scene at slightly varying heights and look at its centre, so every view sees most of the geometry.
+A scene is a handful of bounded, textured planes. The ``corner`` layout (the default): a ground
+plane, two walls meeting at an oblique corner and two boxes standing on the ground, so there is
+real depth variation (a single plane would be a homography, a degenerate case for structure from
+motion). Cameras sit on an arc (up to 180 degrees) around the scene at slightly varying heights
+and look at its centre, so every view sees most of the geometry. The ``object`` layout: three boxes
+on a large textured ground and no walls, so cameras can circle it on a full 360 degree ring, as
+in photos taken around an object.
 
 World frame: metres, z up, the ground is z = 0 and the cameras look roughly along +y. Camera poses
 follow the COLMAP convention of :mod:`reconstruct.gt`: ``cam_from_world`` rotation and translation,
@@ -72,7 +75,14 @@ class SceneConfig:
     seed: int = option(0, "random seed of the textures and of the small camera perturbations")
     image_format: Literal["png", "jpg"] = option("jpg", "file format of the rendered views")
     jpeg_quality: int = option(95, "JPEG quality (1-100) when image_format is jpg")
-    arc_degrees: float = option(60.0, "total angle of the camera arc around the scene centre")
+    layout: Literal["corner", "object"] = option(
+        "corner",
+        "corner: walls and boxes, seen from an arc of up to 180 deg; object: boxes on the ground, "
+        "no walls, so the cameras can circle it (arc up to 360 deg)",
+    )
+    arc_degrees: float = option(
+        60.0, "total angle of the camera arc around the scene centre (360: a closed ring)"
+    )
     distance: float = option(6.5, "distance in metres from the cameras to the scene centre")
     camera_height: float = option(3.0, "mean camera height above the ground in metres")
     height_variation: float = option(0.4, "cameras' height varies by up to this many metres")
@@ -99,8 +109,12 @@ class SceneConfig:
             raise ValueError(f"focal must be positive, got {self.focal}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if not 0 <= self.arc_degrees <= 180:
-            raise ValueError(f"arc_degrees must be in 0..180, got {self.arc_degrees}")
+        max_arc = 180 if self.layout == "corner" else 360
+        if not 0 <= self.arc_degrees <= max_arc:
+            raise ValueError(
+                f"arc_degrees must be in 0..{max_arc} for layout {self.layout!r} (the corner's "
+                f"walls close one side), got {self.arc_degrees}"
+            )
         if not self.distance > 3:
             raise ValueError(f"distance must exceed 3 m (the scene's size), got {self.distance}")
         if not self.camera_height - abs(self.height_variation) > 0.2:
@@ -192,8 +206,16 @@ def _box(name: str, centre_xy, size_xyz, yaw_degrees: float) -> list[Plane]:
     return planes
 
 
-def build_planes() -> tuple[Plane, ...]:
+def build_planes(layout: str = "corner") -> tuple[Plane, ...]:
     """The scene's fixed geometry (world frame: metres, z up, ground at z = 0)."""
+    if layout == "object":
+        # boxes around the cameras' target (0, 1, 0.6) on a ground large enough that a camera
+        # on the ring, looking down at the target, sees ground rather than sky behind them
+        planes = [_rect("ground", [-6.0, -5.0, 0.0], [1, 0, 0], [0, 1, 0], 12.0, 12.0)]
+        planes += _box("box", (0.3, 0.9), (1.0, 0.8, 0.9), 25.0)
+        planes += _box("tower", (-0.6, 1.4), (0.5, 0.5, 1.5), -15.0)
+        planes += _box("crate", (0.4, 1.8), (0.6, 0.5, 0.45), 50.0)
+        return tuple(planes)
     planes = [
         _rect("ground", [-5.0, -2.5, 0.0], [1, 0, 0], [0, 1, 0], 10.0, 7.0),
         _wall("back_wall", (-3.6, 4.2), (4.6, 3.4), 3.2),
@@ -311,7 +333,7 @@ def build_world(config: SceneConfig) -> World:
     Each texture is shaded by a constant factor from its plane's angle to a fixed light, so faces
     of the boxes stand apart; shading does not change between views.
     """
-    planes = build_planes()
+    planes = build_planes(config.layout)
     tpm = config.texels_per_metre
     light = _LIGHT / np.linalg.norm(_LIGHT)
     textures = []
@@ -350,15 +372,23 @@ def image_names(config: SceneConfig) -> list[str]:
 
 
 def make_cameras(config: SceneConfig) -> dict[str, CameraPose]:
-    """Cameras on an arc around the scene centre at varying heights, keyed by image name."""
+    """Cameras on an arc around the scene centre at varying heights, keyed by image name.
+
+    An arc of 360 degrees is a closed ring: the views are spaced evenly around it (the last one
+    does not repeat the first) and the height varies periodically, so the ring closes smoothly.
+    """
     rng = np.random.default_rng([config.seed, 1_000_003])
     n = config.num_images
+    ring = config.arc_degrees >= 360
     phases = np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
+    if ring:  # evenly spaced, the last view one step before the first
+        phases = np.arange(n) / n
     f = config.focal_px
     cameras = {}
     for name, phase in zip(image_names(config), phases, strict=True):
         azimuth = math.radians(config.arc_degrees * (phase - 0.5))
-        height = config.camera_height + config.height_variation * math.sin(2.5 * math.pi * phase)
+        wave = math.sin((4.0 if ring else 2.5) * math.pi * phase)
+        height = config.camera_height + config.height_variation * wave
         target = _SCENE_TARGET + rng.uniform(-_TARGET_JITTER, _TARGET_JITTER, 3)
         ground_distance = math.sqrt(max(config.distance**2 - (height - target[2]) ** 2, 1e-6))
         centre = target + [

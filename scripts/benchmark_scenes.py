@@ -12,7 +12,11 @@ Synthetic scenes (rendered by `reconstruct.synthetic`, ground truth exact):
 - ``wide``: focal length 0.6 x the width (80 degree field of view), principal point off-centre;
 - ``textureless``: texture contrast 6% of the usual;
 - ``mixed``: ``medium`` with a third of the views downsized to 480x360 and a third upsized to
-  800x600 (mixed image sizes as in internet photos, so several cameras).
+  800x600 (mixed image sizes as in internet photos, so several cameras);
+- ``ring2.4``: 47 views on a closed 360 degree ring around boxes on the ground (the synthetic
+  ``object`` layout), focal length 2.4 x the width, as the held-out object ring;
+- ``ring2.4-turned``: the same with every third view upside down (turned 180 degrees, no EXIF);
+- ``ring1``: 36 views on the ring at focal length 1 x the width.
 
 `--dev` adds real scenes (a folder with `images/` and optionally `gt/cameras.txt`).
 
@@ -40,7 +44,7 @@ from reconstruct.cli import _setup_logging
 from reconstruct.errors import ReconstructError
 from reconstruct.evaluation import evaluate
 from reconstruct.export import read_all_poses
-from reconstruct.gt import CameraPose, read_cameras_txt, write_cameras_txt
+from reconstruct.gt import CameraPose, read_cameras_txt, rotate_camera, write_cameras_txt
 from reconstruct.mapping import run_mapping
 from reconstruct.pipeline import run_pipeline
 from reconstruct.settings import PipelineConfig
@@ -50,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from colmap_baseline import run_colmap_sift  # noqa: E402 - scripts/ is on the path above
 
 BASE = {"num_images": 12, "arc_degrees": 100.0, "width": 640, "height": 480}
+RING = {"layout": "object", "arc_degrees": 360.0, "width": 640, "height": 480}
 
 
 def synthetic_configs() -> dict[str, SceneConfig]:
@@ -61,7 +66,25 @@ def synthetic_configs() -> dict[str, SceneConfig]:
     out["wide"] = SceneConfig(**BASE, focal=0.6 * 640, principal_offset=(9.0, -6.0))
     out["textureless"] = SceneConfig(**BASE, contrast=0.06)
     out["mixed"] = SceneConfig(**BASE)
+    out["ring2.4"] = SceneConfig(**RING, num_images=47, focal=2.4 * 640)
+    out["ring2.4-turned"] = SceneConfig(**RING, num_images=47, focal=2.4 * 640)
+    out["ring1"] = SceneConfig(**RING, num_images=36)
     return out
+
+
+def turn_views(root: Path) -> None:
+    """Every third view (from the second) turned upside down, ground truth turned with it."""
+    gt = read_cameras_txt(root / "gt" / "cameras.txt")
+    cams = []
+    for i, name in enumerate(sorted(gt)):
+        c = gt[name]
+        if i % 3 == 1:
+            path = root / "images" / name
+            image = cv2.imread(str(path))
+            cv2.imwrite(str(path), cv2.rotate(image, cv2.ROTATE_180))
+            c = rotate_camera(c, 2, image.shape[1], image.shape[0])
+        cams.append(c)
+    write_cameras_txt(root / "gt" / "cameras.txt", cams)
 
 
 def resize_views(root: Path) -> None:
@@ -169,6 +192,8 @@ def main() -> int:
         scene = make_scene(root, configs[name])
         if name == "mixed":
             resize_views(root)
+        if name.endswith("-turned"):
+            turn_views(root)
         jobs.append((name, scene.image_dir, scene.gt_path))
     for d in args.dev:
         jobs.append((d.name, d / "images", d / "gt" / "cameras.txt"))

@@ -323,3 +323,26 @@ def test_low_contrast_gives_a_nearly_textureless_scene() -> None:
     assert detail(flat) < 0.15 * detail(full)
     with pytest.raises(ValueError, match="contrast"):
         SceneConfig(contrast=0.0)
+
+
+def test_object_layout_closes_a_ring_that_sees_the_boxes() -> None:
+    from reconstruct.synthetic import make_cameras
+
+    with pytest.raises(ValueError, match="0..180 for layout 'corner'"):
+        SceneConfig(arc_degrees=200)
+    ring = SceneConfig(layout="object", arc_degrees=360, num_images=8, width=160, height=120)
+    cams = list(make_cameras(ring).values())
+    centres = np.array([c.center for c in cams])
+    target = np.array([0.0, 1.0, 0.6])
+    azimuths = np.degrees(np.arctan2(centres[:, 1] - target[1], centres[:, 0] - target[0]))
+    steps = np.diff(np.sort(azimuths))
+    # evenly around the full circle: the last view does not repeat the first
+    assert np.allclose(steps, 45, atol=3) and 360 - (azimuths.max() - azimuths.min()) > 40
+    planes = build_planes("object")
+    assert not any("wall" in p.name for p in planes)
+    for cam in cams:
+        points = point_map(planes, cam, ring.width, ring.height)
+        centre_point = points[ring.height // 2, ring.width // 2]
+        assert centre_point[2] > 0.05  # the image centre sees a box, not the ground
+        # at this 53 degree field of view the top rows look past the ground's edge (sky)
+        assert np.isfinite(points[..., 0]).mean() > 0.6
