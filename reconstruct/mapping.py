@@ -53,7 +53,15 @@ the error. Measured (evidence against the doubled penalty): Herz-Jesu-P8 77 > 37
 principal point 23 px off-centre, AUC@5 0.972); synthetic ring with focal 2.4x the width 30 < 39,
 rejected (refining it: AUC@5 0.901, fixed: 0.980); points seen with focal 4.7x the width
 5.9 < 43, rejected (0.956 against 0.998). A well-conditioned principal point needs less
-evidence: see `PP_MAX_STANDARD_ERROR`."""
+evidence: see `PP_MAX_STANDARD_ERROR`.
+
+Known failure (`scripts/benchmark_scenes.py`, closed 360 degree rings, principal point at the
+centre): ``ring1`` (focal 1x the width) keeps a 3.8 px shift, evidence 121 > 44, AUC@5 0.903
+against 0.956 fixed; ``ring2.4-turned`` keeps 14 px (2.2%), evidence 50 > 45, 0.856 against
+0.965 (unturned ``ring2.4``: 36 < 45, rejected). Cross-validation does not tell these apart:
+refined on half of the 3D points (two folds), the wrong shifts also lower the error of the
+other half (by 28 noise variances on ring2.4-turned, 47 on ``medium``; Herz-Jesu-P8 77,
+narrow2-pp 112), so what they fit is systematic in the features, not noise."""
 
 PP_MAX_STANDARD_ERROR = 0.0015
 """A refined principal point whose standard error (its shift over the square root of the

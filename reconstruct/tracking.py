@@ -15,8 +15,11 @@ Methods (:class:`TrackingConfig`):
   ``support_radius`` px: a local affine is what a small patch of any smooth surface undergoes, so
   it follows rotation, scale and shear, which a single nearest match cannot. Fewer than
   ``min_support`` inliers (a textureless spot, a cut, motion blur) loses the point for that frame;
-  it is retried from its last good frame for ``max_gap`` frames, like ``flow``. The models are
-  loaded once per process (the keypoint and matching stages' cached builders).
+  it is retried from its last good frame for ``max_gap`` frames, like ``flow``. A frame becomes
+  the point's new reference only if its inlier count is at least ``anchor_drop`` times the count
+  the current reference was accepted with: a move fitted on a frame where the support drops
+  sharply (motion blur) is reported but not built on, so its error does not carry forward.
+  The models are loaded once per process (the keypoint and matching stages' cached builders).
 - ``dinov2``: the DINOv2 patch feature at the point in frame 0 (bilinearly interpolated) is the
   target; in each later frame the patch of highest cosine similarity within ``search_radius``
   patches of the last position wins, refined to sub-patch precision by a parabola through the
@@ -77,6 +80,12 @@ class TrackingConfig:
         64.0, "aliked: only matches this close (px, previous frame) to the point support it"
     )
     min_support: int = option(4, "aliked: lost with fewer inlier matches than this")
+    anchor_drop: float = option(
+        0.75,
+        "aliked: a frame becomes a point's new reference only if its inlier count is at least "
+        "this fraction of the count the current reference was accepted with; on a frame with a "
+        "sharper drop (motion blur) the point is placed from its old reference, kept",
+    )
     max_residual: float = option(2.0, "aliked: RANSAC inlier threshold of the local affine (px)")
     backbone: str = option(
         "vits14", "dinov2: backbone (same weights handling as the patch matcher)"
@@ -102,6 +111,8 @@ class TrackingConfig:
                 "aliked: min_support must be >= 3 (an affine map has 6 unknowns) and support "
                 f">= min_support, got min_support={self.min_support}, support={self.support}"
             )
+        if not 0 <= self.anchor_drop <= 1:
+            raise ValueError(f"anchor_drop must be in [0, 1], got {self.anchor_drop}")
         if not (self.support_radius > 0 and self.max_residual > 0 and self.max_keypoints > 0):
             raise ValueError("support_radius, max_residual and max_keypoints must be positive")
         if self.keypoint_resize is not None and self.keypoint_resize < 32:
@@ -188,17 +199,13 @@ class KeypointTracker:
             from .matching import MatchingConfig, build_matcher
 
             device = resolve_device("auto")
-            # The library's ALIKED forward, the one the tracker's accuracy was measured with. The
-            # sparse head gives the same keypoints to float32 rounding, but near-equal scores can
-            # swap order, LightGlue then keeps a few other matches and the RANSAC affine moves.
-            # In the synthetic tracking test that is enough to move one point on the
-            # motion-blurred frame 5 by 2.6 px, which then compounds (frame 5 becomes its
-            # reference): worst point 7.4 px with the sparse head, 4.8 px without (bound 5 px). The
-            # tracker's sensitivity to a blurred reference frame is the open problem, not the head.
+            # The pipeline's extractor (sparse head). With every frame a reference, a move fitted
+            # on the motion-blurred frame 5 of the synthetic test (8 inliers) was built on:
+            # worst point 7.9 px, and near-equal scores swapping order between the sparse head
+            # and the library's forward decided whether it was 4.8 or 7.4 px. With
+            # `anchor_drop` both give 3.5 px (that frame's own error, not carried forward).
             keypoints = KeypointsConfig(
-                max_keypoints=config.max_keypoints,
-                resize=config.keypoint_resize,
-                sparse_head=False,
+                max_keypoints=config.max_keypoints, resize=config.keypoint_resize
             )
             extractor = extractor or build_extractor(keypoints, device)
             matcher = matcher or build_matcher(MatchingConfig(), "aliked", device)
@@ -224,6 +231,7 @@ class KeypointTracker:
         self.refs = [self._features(frame)] * n  # each point's last good frame
         self.pts = np.asarray(points, np.float64).reshape(-1, 2).copy()
         self.gap = np.zeros(n, int)
+        self.anchored = np.zeros(n, np.float32)  # inliers its reference was accepted with
 
     def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = frame.shape[:2]
@@ -242,9 +250,13 @@ class KeypointTracker:
                 xy[k], support[k] = self._move(self.pts[k], kp0, kp1)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
         good = inside & (support >= self.config.min_support)
+        anchor = good & (support >= self.config.anchor_drop * self.anchored)
         for k in range(n):
-            if good[k]:
+            if anchor[k]:
                 self.refs[k], self.pts[k], self.gap[k] = current, xy[k], 0
+                self.anchored[k] = support[k]
+            elif good[k]:  # placed, but a weakly supported frame is not a reference
+                self.gap[k] = 0
             else:
                 self.gap[k] += 1
         return xy, support, ~good
