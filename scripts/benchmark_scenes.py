@@ -16,7 +16,9 @@ Synthetic scenes (rendered by `reconstruct.synthetic`, ground truth exact):
 - ``ring2.4``: 47 views on a closed 360 degree ring around boxes on the ground (the synthetic
   ``object`` layout), focal length 2.4 x the width, as the held-out object ring;
 - ``ring2.4-turned``: the same with every third view upside down (turned 180 degrees, no EXIF);
-- ``ring1``: 36 views on the ring at focal length 1 x the width.
+- ``ring1``: 36 views on the ring at focal length 1 x the width;
+- ``ring-textureless``: 16 views on the ring, 22.5 degrees apart, texture contrast 6% (as the
+  held-out ring of an untextured object, 23 degrees apart).
 
 `--dev` adds real scenes (a folder with `images/` and optionally `gt/cameras.txt`).
 
@@ -69,6 +71,7 @@ def synthetic_configs() -> dict[str, SceneConfig]:
     out["ring2.4"] = SceneConfig(**RING, num_images=47, focal=2.4 * 640)
     out["ring2.4-turned"] = SceneConfig(**RING, num_images=47, focal=2.4 * 640)
     out["ring1"] = SceneConfig(**RING, num_images=36)
+    out["ring-textureless"] = SceneConfig(**RING, num_images=16, contrast=0.06)
     return out
 
 
