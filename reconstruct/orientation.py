@@ -9,7 +9,9 @@ estimated from a cue that does not depend on it:
    angle. Over the ratio-test matches of a pair, the difference of the two keypoint angles
    clusters at the in-plane rotation between the two images. Each difference is rounded to the
    nearest quarter turn; the quarter with most matches is the pair's vote, and its lead over the
-   runner-up (in matches) is the vote's weight. Cost: JPEGs are decoded DCT-reduced, the
+   runner-up (in matches) is the vote's weight, if the quarter has `min_votes` matches and the
+   lead is `min_lead_sigma` standard deviations of a difference of two counts (a near tie is
+   no vote). Cost: JPEGs are decoded DCT-reduced, the
    ratio-test matches come from one exact matrix product per pair, images and pairs run on
    `workers` threads (about 3% of a default run on Herz-Jesu-P8/P25 with no image turned).
 
@@ -72,6 +74,11 @@ class OrientationConfig:
     max_features: int = option(1500, "SIFT keypoints per image for the cue")
     ratio: float = option(0.8, "Lowe ratio test of the SIFT matches")
     min_votes: int = option(12, "matches that must agree on a quarter turn for a pair to vote")
+    min_lead_sigma: float = option(
+        2.0,
+        "a pair votes only if its best quarter leads the runner-up by this many standard "
+        "deviations of the difference (sqrt of the two counts); a near tie is no vote",
+    )
     neighbours: int = option(
         5,
         "each image also votes with its this many most similar images by a rotation-invariant "
@@ -86,6 +93,8 @@ class OrientationConfig:
             raise ValueError("max_size >= 64, max_features >= 16 and min_votes >= 1 required")
         if self.neighbours < 0:
             raise ValueError(f"neighbours must be >= 0, got {self.neighbours}")
+        if self.min_lead_sigma < 0:
+            raise ValueError(f"min_lead_sigma must be >= 0, got {self.min_lead_sigma}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0 < self.ratio <= 1:
@@ -256,7 +265,13 @@ def pair_vote(
             counts = np.bincount(np.round(diff / 90).astype(np.int64) % 4, minlength=4)
     order = np.argsort(-counts, kind="stable")
     best = int(order[0])
-    weight = int(counts[best] - counts[order[1]]) if counts[best] >= config.min_votes else 0
+    lead = int(counts[best] - counts[order[1]])
+    # Under "no preferred quarter" the two counts are about Poisson, so their difference has a
+    # standard deviation of about sqrt(best + runner-up). A lead within `min_lead_sigma` of that
+    # is a tie, not evidence: on a textureless ring a pair voting [2, 12, 9, 2] (lead 3) was the
+    # only vote of an upright image and turned it (`benchmark_scenes.py`, pedestal2.4).
+    significant = lead >= config.min_lead_sigma * np.sqrt(counts[best] + counts[order[1]])
+    weight = lead if counts[best] >= config.min_votes and significant else 0
     # Measured: when image1 is image0 turned counter-clockwise by k quarters (np.rot90), the
     # angle differences cluster at -k quarters, which is the turn that makes image1 upright
     # again, i.e. turn(name1) - turn(name0) of the correcting turns.

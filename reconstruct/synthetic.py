@@ -6,7 +6,9 @@ real depth variation (a single plane would be a homography, a degenerate case fo
 motion). Cameras sit on an arc (up to 180 degrees) around the scene at slightly varying heights
 and look at its centre, so every view sees most of the geometry. The ``object`` layout: three boxes
 on a large textured ground and no walls, so cameras can circle it on a full 360 degree ring, as
-in photos taken around an object.
+in photos taken around an object. The ``pedestal`` layout: the same boxes floating on black, no
+ground and a black background, as in photos of an object on a black cloth: every feature is on
+the object, and the view changes most where its outline does.
 
 World frame: metres, z up, the ground is z = 0 and the cameras look roughly along +y. Camera poses
 follow the COLMAP convention of :mod:`reconstruct.gt`: ``cam_from_world`` rotation and translation,
@@ -75,10 +77,11 @@ class SceneConfig:
     seed: int = option(0, "random seed of the textures and of the small camera perturbations")
     image_format: Literal["png", "jpg"] = option("jpg", "file format of the rendered views")
     jpeg_quality: int = option(95, "JPEG quality (1-100) when image_format is jpg")
-    layout: Literal["corner", "object"] = option(
+    layout: Literal["corner", "object", "pedestal"] = option(
         "corner",
         "corner: walls and boxes, seen from an arc of up to 180 deg; object: boxes on the ground, "
-        "no walls, so the cameras can circle it (arc up to 360 deg)",
+        "no walls, so the cameras can circle it (arc up to 360 deg); pedestal: the boxes alone "
+        "on a black background",
     )
     arc_degrees: float = option(
         60.0, "total angle of the camera arc around the scene centre (360: a closed ring)"
@@ -208,10 +211,12 @@ def _box(name: str, centre_xy, size_xyz, yaw_degrees: float) -> list[Plane]:
 
 def build_planes(layout: str = "corner") -> tuple[Plane, ...]:
     """The scene's fixed geometry (world frame: metres, z up, ground at z = 0)."""
-    if layout == "object":
+    if layout in ("object", "pedestal"):
         # boxes around the cameras' target (0, 1, 0.6) on a ground large enough that a camera
         # on the ring, looking down at the target, sees ground rather than sky behind them
-        planes = [_rect("ground", [-6.0, -5.0, 0.0], [1, 0, 0], [0, 1, 0], 12.0, 12.0)]
+        planes = []
+        if layout == "object":
+            planes = [_rect("ground", [-6.0, -5.0, 0.0], [1, 0, 0], [0, 1, 0], 12.0, 12.0)]
         planes += _box("box", (0.3, 0.9), (1.0, 0.8, 0.9), 25.0)
         planes += _box("tower", (-0.6, 1.4), (0.5, 0.5, 1.5), -15.0)
         planes += _box("crate", (0.4, 1.8), (0.6, 0.5, 0.45), 50.0)
@@ -346,6 +351,9 @@ def build_world(config: SceneConfig) -> World:
         if config.contrast != 1.0:
             texture = 128.0 + config.contrast * (texture - 128.0)
         textures.append(cv2.convertScaleAbs(texture, alpha=shade))
+    if config.layout == "pedestal":  # a black background
+        black = np.zeros(3)
+        return World(planes, tuple(textures), tpm, sky_horizon=black, sky_zenith=black)
     return World(planes, tuple(textures), tpm)
 
 

@@ -18,7 +18,9 @@ Synthetic scenes (rendered by `reconstruct.synthetic`, ground truth exact):
 - ``ring2.4-turned``: the same with every third view upside down (turned 180 degrees, no EXIF);
 - ``ring1``: 36 views on the ring at focal length 1 x the width;
 - ``ring-textureless``: 16 views on the ring, 22.5 degrees apart, texture contrast 6% (as the
-  held-out ring of an untextured object, 23 degrees apart).
+  held-out ring of an untextured object, 23 degrees apart);
+- ``pedestal2.4``, ``pedestal5``: that ring with the boxes alone on a black background (the
+  ``pedestal`` layout), focal length 2.4 and 5 x the width: every feature is on the object.
 
 `--dev` adds real scenes (a folder with `images/` and optionally `gt/cameras.txt`).
 
@@ -72,6 +74,9 @@ def synthetic_configs() -> dict[str, SceneConfig]:
     out["ring2.4-turned"] = SceneConfig(**RING, num_images=47, focal=2.4 * 640)
     out["ring1"] = SceneConfig(**RING, num_images=36)
     out["ring-textureless"] = SceneConfig(**RING, num_images=16, contrast=0.06)
+    pedestal = {**RING, "layout": "pedestal", "num_images": 16, "contrast": 0.06}
+    out["pedestal2.4"] = SceneConfig(**pedestal, focal=2.4 * 640)
+    out["pedestal5"] = SceneConfig(**pedestal, focal=5 * 640, distance=14.0, camera_height=5.0)
     return out
 
 
@@ -145,7 +150,16 @@ def run_scene(name: str, images: Path, gt: Path | None, work: Path, colmap: bool
     if info_path.is_file():
         pp = json.loads(info_path.read_text()).get("principal_point", [{}])[0]
         row["pp"] = {
-            k: pp.get(k) for k in ("accepted", "reason", "evidence", "penalty", "max_shift")
+            k: pp.get(k)
+            for k in (
+                "accepted",
+                "reason",
+                "evidence",
+                "penalty",
+                "max_shift",
+                "rms_fixed",
+                "rms_refined",
+            )
         }
     rows.append(row)
     if (out / paths.MATCHES).is_file():

@@ -11,6 +11,7 @@ from reconstruct.export import ExportConfig, export_model, model_statistics, rea
 from reconstruct.gt import CameraPose, rotate_camera, write_cameras_txt
 from reconstruct.mapping import (
     PP_MAX_STANDARD_ERROR,
+    PP_MIN_RELATIVE_DROP,
     MappingConfig,
     check_focal_lengths,
     principal_point_decision,
@@ -291,6 +292,18 @@ def test_principal_point_decision_exact_values():
     # a narrow ring with the principal point truly off-centre passes the BIC penalty itself
     r = decide(46.0, 0.0232)
     assert r["accepted"] is True and r["reason"] == "kept: near the centre and significantly better"
+    # a large scene (75,000 residuals, as ring2.4-turned): evidence 50 > 4 ln(75,000) = 44.9,
+    # but a 2.2% shift uncertain to 0.31% that lowers the error by 0.067% (< 0.2%): rejected
+    r = principal_point_decision(75_000.0 + 50.0, 75_000.0, 75_002, 2, 0.022)
+    assert r["evidence"] == 50.0 and r["penalty"] == 4 * np.log(75_002) < 50
+    assert r["well_conditioned"] is False
+    assert r["relative_drop"] == 50.0 / 75_050.0 and r["accepted"] is False
+    assert "only 0.07%" in r["reason"] and "poorly conditioned" in r["reason"]
+    # the same relative drop, well conditioned (a 0.1% shift): kept by the Akaike penalty
+    assert principal_point_decision(75_050.0, 75_000.0, 75_002, 2, 0.001)["accepted"] is True
+    # just above the floor (0.21% of the error): kept
+    r = principal_point_decision(75_000.0 / 0.9979, 75_000.0, 75_002, 2, 0.022)
+    assert r["relative_drop"] > PP_MIN_RELATIVE_DROP and r["accepted"] is True
     # well conditioned but below the Akaike penalty; at the conditioning bound exactly (kept)
     assert decide(7.9, 0.001)["accepted"] is False
     r = decide(16.0, 4 * PP_MAX_STANDARD_ERROR)

@@ -247,6 +247,37 @@ def test_turned_images_register(synthetic_scene, tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "out")
 
 
+def _features_with_turns(counts, seed=0):
+    """Two images' SIFT features whose exact matches turn by k quarters `counts[k]` times."""
+    rng = np.random.default_rng(seed)
+    diffs = np.repeat(np.arange(4) * 90.0, counts)
+    desc = rng.integers(0, 256, (len(diffs), 128), dtype=np.uint8)
+    angles0 = rng.uniform(0, 360, len(diffs)).astype(np.float32)
+    angles1 = ((angles0 + diffs + rng.uniform(-20, 20, len(diffs))) % 360).astype(np.float32)
+    return (angles0, desc), (angles1, desc.copy())
+
+
+@pytest.mark.parametrize(
+    ("counts", "turn", "weight"),
+    [
+        ((2, 12, 9, 2), 1, 0),  # lead 3 of a near tie (seen on a textureless ring): no vote
+        ((16, 8, 0, 0), 0, 0),  # lead 8 < 2 sqrt(24)
+        ((1, 17, 6, 1), 1, 11),  # lead 11 >= 2 sqrt(23)
+        ((12, 1, 0, 0), 0, 11),
+        ((0, 0, 11, 0), 2, 0),  # fewer than min_votes
+    ],
+)
+def test_a_pair_votes_only_with_a_significant_lead(counts, turn, weight):
+    feats0, feats1 = _features_with_turns(counts)
+    v = pair_vote("a.jpg", "b.jpg", feats0, feats1, OrientationConfig())
+    assert (v.counts, v.turn, v.weight) == (counts, turn, weight)
+    # without the significance test the near ties vote
+    loose = pair_vote("a.jpg", "b.jpg", feats0, feats1, OrientationConfig(min_lead_sigma=0))
+    assert loose.weight == (counts[turn] - sorted(counts)[-2] if max(counts) >= 12 else 0)
+    with pytest.raises(ValueError, match="min_lead_sigma"):
+        OrientationConfig(min_lead_sigma=-1)
+
+
 # ----------------------------------------------------------------------------- the cue, cost
 
 

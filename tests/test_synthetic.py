@@ -346,3 +346,21 @@ def test_object_layout_closes_a_ring_that_sees_the_boxes() -> None:
         assert centre_point[2] > 0.05  # the image centre sees a box, not the ground
         # at this 53 degree field of view the top rows look past the ground's edge (sky)
         assert np.isfinite(points[..., 0]).mean() > 0.6
+
+
+def test_pedestal_layout_is_the_boxes_alone_on_black() -> None:
+    from reconstruct.synthetic import build_world, make_cameras
+
+    ring = SceneConfig(layout="pedestal", arc_degrees=360, num_images=4, width=160, height=120)
+    planes = build_planes("pedestal")
+    assert {p.name for p in planes} == {p.name for p in build_planes("object")} - {"ground"}
+    world = build_world(ring)
+    for cam in make_cameras(ring).values():
+        points = point_map(planes, cam, ring.width, ring.height)
+        seen = np.isfinite(points[..., 0])
+        assert 0.03 < seen.mean() < 0.9  # the object, and background around it
+        image = render_view(world, cam, ring.width, ring.height, 1)
+        # the background is black; the object is not (apart from antialiased outline pixels)
+        background = ~cv2.dilate(seen.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        assert image[background].max() == 0
+        assert np.median(image[seen]) > 40
