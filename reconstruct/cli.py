@@ -67,7 +67,16 @@ def _setup_logging(verbose: int, quiet: bool):
 
 
 HELP_WIDTH = 100
-ALL_STAGES = ("keypoints", "pairs", "matching", "orientation", "mapping", "export", "video")
+ALL_STAGES = (
+    "keypoints",
+    "pairs",
+    "matching",
+    "orientation",
+    "mapping",
+    "rescue",
+    "export",
+    "video",
+)
 
 
 def _load_config(args, defaults: dict | None = None):

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -58,10 +58,11 @@ evidence: see `PP_MAX_STANDARD_ERROR`.
 Known failure (`scripts/benchmark_scenes.py`, closed 360 degree rings, principal point at the
 centre): ``ring1`` (focal 1x the width) keeps a 3.8 px shift, evidence 121 > 44, AUC@5 0.903
 against 0.956 fixed; ``ring2.4-turned`` kept 14 px (2.2%), evidence 50 > 45, 0.856 against
-0.965 (unturned ``ring2.4``: 36 < 45, rejected), until `PP_MIN_RELATIVE_DROP`. Cross-validation does not tell these apart:
-refined on half of the 3D points (two folds), the wrong shifts also lower the error of the
-other half (by 28 noise variances on ring2.4-turned, 47 on ``medium``; Herz-Jesu-P8 77,
-narrow2-pp 112), so what they fit is systematic in the features, not noise."""
+0.965 (unturned ``ring2.4``: 36 < 45, rejected), until `PP_MIN_RELATIVE_DROP`.
+Cross-validation does not tell these apart: refined on half of the 3D points (two folds), the
+wrong shifts also lower the error of the other half (by 28 noise variances on ring2.4-turned,
+47 on ``medium``; Herz-Jesu-P8 77, narrow2-pp 112), so what they fit is systematic in the
+features, not noise."""
 
 PP_MIN_RELATIVE_DROP = 0.002
 """A refined principal point that is not well conditioned (`PP_MAX_STANDARD_ERROR`) must also
@@ -278,7 +279,7 @@ def _make_camera(pycolmap, model: str, size: tuple[int, int], known):
 def build_database(
     database_path: Path,
     features_path: Path,
-    matches_path: Path,
+    matches_path: Path | Sequence[Path],
     config: MappingConfig,
     pairs: set[tuple[str, str]] | None = None,
 ) -> tuple[int, list[str], list[int], dict[str, int]]:
@@ -399,25 +400,30 @@ def _write_cameras_and_images(
 
 def _write_matches(
     db,
-    matches_path: Path,
+    matches_path: Path | Sequence[Path],
     image_ids: dict[str, int],
     pairs: set[tuple[str, str]] | None,
     min_matches: int,
 ) -> int:
     """Write the matches of the pairs of known images (in `pairs` if given) with at least
-    `min_matches` matches (and at least 1); returns the number of pairs written."""
+    `min_matches` matches (and at least 1); returns the number of pairs written. With several
+    matches files, a pair is read from the first file that holds it (the rescue's matches of
+    re-extracted images come before the run's own)."""
     num_pairs = 0
-    with MatchesReader(matches_path) as matches:
-        for a, b in matches.pairs():
-            if a not in image_ids or b not in image_ids:
-                continue
-            if pairs is not None and (a, b) not in pairs:
-                continue
-            m, _ = matches.read(a, b)
-            if len(m) < max(1, min_matches):
-                continue
-            db.write_matches(image_ids[a], image_ids[b], m)
-            num_pairs += 1
+    seen: set[tuple[str, str]] = set()
+    for path in [matches_path] if isinstance(matches_path, (str, Path)) else matches_path:
+        with MatchesReader(path) as matches:
+            for a, b in matches.pairs():
+                if (a, b) in seen or a not in image_ids or b not in image_ids:
+                    continue
+                seen.add((a, b))
+                if pairs is not None and (a, b) not in pairs:
+                    continue
+                m, _ = matches.read(a, b)
+                if len(m) < max(1, min_matches):
+                    continue
+                db.write_matches(image_ids[a], image_ids[b], m)
+                num_pairs += 1
     return num_pairs
 
 
@@ -871,7 +877,7 @@ def write_models(models: list, sparse_dir: Path, summary: dict) -> None:
 def run_mapping(
     image_dir: Path,
     features_path: Path,
-    matches_path: Path,
+    matches_path: Path | Sequence[Path],
     output_dir: Path,
     config: MappingConfig = MappingConfig(),
     *,
@@ -879,7 +885,8 @@ def run_mapping(
 ) -> Path:
     """Reconstruct the scene; returns ``output_dir/sparse`` holding models ``0`` (largest),
     ``1``, ... Raises MappingError (with counts) when no model can be built. With `pairs_path`,
-    only the matches of those pairs are used."""
+    only the matches of those pairs are used. Several `matches_path` files: each pair from the
+    first file that holds it."""
     import pycolmap
 
     output_dir = Path(output_dir)

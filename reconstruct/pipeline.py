@@ -35,6 +35,7 @@ from .orientation import (
     turns_before_extraction,
 )
 from .pairs import check_models, needs_global_descriptors, select_pairs
+from .rescue import rescue_weak_images
 from .settings import PipelineConfig
 from .storage import (
     FeaturesReader,
@@ -73,6 +74,8 @@ class RunSummary:
     model_dir: str | None
     # seconds per image / pair, jobs and torch threads (accel.performance_summary)
     performance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the rescue of images left out of the largest model (rescue.rescue_weak_images), if tried
+    rescue: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,6 +92,14 @@ class RunSummary:
             + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")
             + ").",
         ]
+        if self.rescue:
+            r, after = self.rescue, self.rescue.get("after") or {}
+            lines.append(
+                f"Rescue: {len(r['images'])} image(s) left out extracted again with "
+                f"{r['max_keypoints']} keypoints, {r['pairs_matched_again']} pairs matched again; "
+                f"largest model {r['before']['largest']} -> {after.get('largest', 'failed')} "
+                f"images, {'kept' if r['kept'] else 'not kept'}."
+            )
         for reason in c.get("split_reasons") or []:
             lines.append(f"Not one model: {reason}.")
         if c.get("focal_outliers"):
@@ -267,6 +278,13 @@ def run_pipeline(
             sparse = run_mapping(
                 image_dir, features, matches, output_dir, config.mapping, pairs_path=pairs
             )
+        with timings.stage("rescue"):
+            summary.rescue = rescue_weak_images(
+                image_dir, output_dir, features, matches, pairs, sparse,
+                keypoints=config.keypoints, matching=config.matching, mapping=config.mapping,
+                config=config.rescue, rotations=read_rotations(rotations), executor=executor,
+                **run,
+            )  # fmt: skip
         with timings.stage("export"):
             model_dir = export_model(sparse, output_dir, config.export)
         summary.add_models(sparse, model_dir)

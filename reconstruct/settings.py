@@ -21,6 +21,7 @@ from .mapping import MappingConfig
 from .matching import MatchingConfig
 from .orientation import OrientationConfig
 from .pairs import PairsConfig
+from .rescue import RescueConfig
 from .video import VideoConfig
 
 VIDEO_DEFAULTS: dict[str, Any] = {"pairs": {"strategy": "sequential"}}
@@ -37,6 +38,7 @@ class PipelineConfig:
     matching: MatchingConfig = dataclasses.field(default_factory=MatchingConfig)
     orientation: OrientationConfig = dataclasses.field(default_factory=OrientationConfig)
     mapping: MappingConfig = dataclasses.field(default_factory=MappingConfig)
+    rescue: RescueConfig = dataclasses.field(default_factory=RescueConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
 

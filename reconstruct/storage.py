@@ -608,6 +608,12 @@ class FeaturesReader:
     def num_keypoints(self, name: str) -> int:
         return int(self._f[name_to_key(name)]["keypoints"].shape[0])
 
+    def read_item(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The stored arrays (dtypes as stored) and attributes of `name`, as
+        `ResultWriter.add` takes them: copying an item into another file keeps it exact."""
+        g = self._f[name_to_key(name)]
+        return {k: g[k][()] for k in g}, self.attrs(name)
+
     def attrs(self, name: str) -> dict[str, Any]:
         return {k: _plain(v) for k, v in self._f[name_to_key(name)].attrs.items()}
 

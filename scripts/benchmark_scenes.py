@@ -18,7 +18,7 @@ Synthetic scenes (rendered by `reconstruct.synthetic`, ground truth exact):
 - ``ring2.4-turned``: the same with every third view upside down (turned 180 degrees, no EXIF);
 - ``ring1``: 36 views on the ring at focal length 1 x the width;
 - ``ring-textureless``: 16 views on the ring, 22.5 degrees apart, texture contrast 6% (as the
-  held-out ring of an untextured object, 23 degrees apart);
+  held-out ring of an untextured object, 23 degrees apart); ``ring-textureless2``: contrast 2%;
 - ``pedestal2.4``, ``pedestal5``: that ring with the boxes alone on a black background (the
   ``pedestal`` layout), focal length 2.4 and 5 x the width: every feature is on the object.
 
@@ -74,6 +74,7 @@ def synthetic_configs() -> dict[str, SceneConfig]:
     out["ring2.4-turned"] = SceneConfig(**RING, num_images=47, focal=2.4 * 640)
     out["ring1"] = SceneConfig(**RING, num_images=36)
     out["ring-textureless"] = SceneConfig(**RING, num_images=16, contrast=0.06)
+    out["ring-textureless2"] = SceneConfig(**RING, num_images=16, contrast=0.02)
     pedestal = {**RING, "layout": "pedestal", "num_images": 16, "contrast": 0.06}
     out["pedestal2.4"] = SceneConfig(**pedestal, focal=2.4 * 640)
     out["pedestal5"] = SceneConfig(**pedestal, focal=5 * 640, distance=14.0, camera_height=5.0)

@@ -1,0 +1,198 @@
+"""Rescue of weakly linked images: denser keypoints for the images mapping left out.
+
+When the scene does not map whole (images outside the largest model, with the relaxed
+initialisation of `mapping` already tried), a careful user extracts those images again with
+more keypoints and matches their pairs again. `rescue_weak_images` does that once, with a
+bounded cost, in its own folder ``rescue/``:
+
+1. the images outside model 0 are extracted again with ``max_keypoints`` times
+   `keypoints_factor` (``rescue/dense/features.h5``, an ordinary resumable features file);
+2. ``rescue/features.h5`` holds those dense features and, copied unchanged, the run's own
+   features of every other image (its header records both configurations and the dense images);
+3. only the pairs touching a re-extracted image are matched again (``rescue/pairs.txt`` ->
+   ``rescue/matches.h5``); every other pair keeps the run's matches, whose keypoint indices are
+   still valid because those images' features are the same;
+4. mapping runs again (``rescue/sparse``), each pair read from the rescue's matches first;
+   its models replace ``sparse/`` only if they rank higher (more images in the largest model,
+   then fewer models).
+
+Extra cost: one extraction of the left-out images, and their pairs matched with one side
+`keypoints_factor` times denser (LightGlue's cost grows with both sides' keypoints), at most
+once per run. ``rescue/rescue.json`` records what was tried and kept; ``run.json`` has it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .config import config_hash, option
+from .errors import MappingError
+from .keypoints import KeypointsConfig, extract_keypoints
+from .mapping import MappingConfig, run_mapping
+from .matching import MatchingConfig, match_pairs
+from .storage import (
+    FEATURES_SCHEMA,
+    FeaturesReader,
+    Header,
+    ResultWriter,
+    atomic_write_json,
+    read_header,
+    read_pairs,
+    write_pairs,
+)
+
+logger = logging.getLogger(__name__)
+
+RESCUE_DIR = "rescue"
+DENSE_DIR = "dense"
+RESCUE_SUMMARY = "rescue.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RescueConfig:
+    """Settings of the rescue of images left out of the largest model (`rescue.*`)."""
+
+    enabled: bool = option(
+        True,
+        "if images are left out of the largest model: extract them again with denser keypoints, "
+        "match their pairs again and map once more, keeping the better result",
+    )
+    keypoints_factor: int = option(
+        2, "the re-extracted images get keypoints.max_keypoints times this"
+    )
+
+    def __post_init__(self) -> None:
+        if self.keypoints_factor < 2:
+            raise ValueError(f"keypoints_factor must be >= 2, got {self.keypoints_factor}")
+
+
+def registered_in_largest(sparse_dir: Path) -> tuple[set[str], list[int]]:
+    """(names of the images in model 0, registered images of every model) from
+    ``sparse/mapping.json`` and the model folders."""
+    from .export import read_all_poses
+
+    poses = read_all_poses(sparse_dir)
+    return (set(poses[0]) if poses else set()), [len(p) for p in poses]
+
+
+def _rank(sizes: list[int]) -> tuple[int, int]:
+    """Higher is better: images in the largest model, then fewer models (as mapping ranks)."""
+    return (sizes[0] if sizes else 0, -len(sizes))
+
+
+def rescue_weak_images(
+    image_dir: Path,
+    output_dir: Path,
+    features_path: Path,
+    matches_path: Path,
+    pairs_path: Path,
+    sparse_dir: Path,
+    *,
+    keypoints: KeypointsConfig,
+    matching: MatchingConfig,
+    mapping: MappingConfig,
+    config: RescueConfig = RescueConfig(),
+    rotations: dict[str, int] | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    executor=None,
+) -> dict[str, Any] | None:
+    """Extract the images outside model 0 of `sparse_dir` again with denser keypoints, match
+    their pairs again and map again; the new models replace `sparse_dir` if they rank higher.
+    Returns the record of what was done (also ``rescue/rescue.json``), or None when there was
+    nothing to rescue (every readable image in model 0, rescue disabled, or features that
+    cannot be made denser)."""
+    if not config.enabled:
+        return None
+    if keypoints.extractor == "dinov2_patch":
+        logger.info("Rescue skipped: the patch extractor has a fixed grid, not a keypoint budget")
+        return None
+    with FeaturesReader(features_path) as reader:
+        readable = reader.names()
+    registered, before = registered_in_largest(sparse_dir)
+    weak = sorted(set(readable) - registered)
+    pairs = read_pairs(pairs_path)
+    weak_set = set(weak)
+    weak_pairs = [p for p in pairs if p[0] in weak_set or p[1] in weak_set]
+    if not weak or not weak_pairs:
+        return None
+    rescue_dir = Path(output_dir) / RESCUE_DIR
+    dense = dataclasses.replace(
+        keypoints, max_keypoints=keypoints.max_keypoints * config.keypoints_factor
+    )
+    logger.info(
+        "Rescue: %d image(s) outside the largest model; extracting them with %d keypoints and "
+        "matching their %d pair(s) again",
+        len(weak),
+        dense.max_keypoints,
+        len(weak_pairs),
+    )
+    rotations = rotations or {}
+    dense_path = extract_keypoints(
+        image_dir, rescue_dir / DENSE_DIR, dense, image_names=weak, device=device,
+        overwrite=overwrite, rotations={n: t for n, t in rotations.items() if n in weak_set},
+        executor=executor,
+    )  # fmt: skip
+    combined = _combine_features(
+        features_path, dense_path, weak, rescue_dir / paths.FEATURES, config
+    )
+    rescue_pairs = write_pairs(rescue_dir / paths.PAIRS, weak_pairs)
+    rescue_matches = match_pairs(
+        rescue_pairs, combined, rescue_dir, matching, device=device, overwrite=overwrite,
+        executor=executor,
+    )  # fmt: skip
+    record: dict[str, Any] = {
+        "images": weak,
+        "max_keypoints": dense.max_keypoints,
+        "pairs_matched_again": len(weak_pairs),
+        "before": {"largest": _rank(before)[0], "models": len(before)},
+    }
+    try:
+        new_sparse = run_mapping(
+            image_dir, combined, [rescue_matches, matches_path], rescue_dir, mapping,
+            pairs_path=pairs_path,
+        )  # fmt: skip
+    except MappingError as e:  # a failed rescue keeps the run's own models
+        record.update(after=None, kept=False, error=str(e).splitlines()[0])
+    else:
+        _, after = registered_in_largest(new_sparse)
+        record["after"] = {"largest": _rank(after)[0], "models": len(after)}
+        record["kept"] = _rank(after) > _rank(before)
+        if record["kept"]:
+            paths.replace_dir(new_sparse, sparse_dir)
+    logger.info("Rescue: %s", {k: v for k, v in record.items() if k != "images"})
+    atomic_write_json(rescue_dir / RESCUE_SUMMARY, record)
+    return record
+
+
+def _combine_features(
+    base: Path, dense: Path, weak: list[str], out: Path, config: RescueConfig
+) -> Path:
+    """``rescue/features.h5``: the dense features of `weak`, every other image's features from
+    `base` unchanged (`FeaturesReader.read_item`, so the run's matches index them still). Its
+    header records both files' configurations and the dense images, so the rescue's matches
+    resume only when all three are the same."""
+    base_config = dict(read_header(base, FEATURES_SCHEMA).config)
+    dense_config = dict(read_header(dense, FEATURES_SCHEMA).config)
+    settings = {
+        "extractor": base_config.get("extractor", "aliked"),  # what matching reads
+        "base": base_config,
+        "dense": dense_config,
+        "dense_images": weak,
+    }
+    digest = config_hash(config, base=base_config, dense=dense_config, dense_images=weak)
+    header = Header(FEATURES_SCHEMA, settings, digest)
+    with (
+        FeaturesReader(base) as b,
+        FeaturesReader(dense) as d,
+        ResultWriter(out, header, overwrite=True) as w,
+    ):
+        for name in b.names() + list(b.failed()):
+            if (name,) not in w.done:  # resumed: the same header, so the same items
+                w.add((name,), *(d if name in d else b).read_item(name))
+    return out
