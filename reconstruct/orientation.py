@@ -27,7 +27,8 @@ estimated from a cue that does not depend on it:
    maximum-weight spanning tree fixes a first labelling, then each image in turn takes the label
    that agrees with the largest weight of its votes, until nothing changes. In each connected
    group, turns are relative to the group's majority orientation, so a scene where every image
-   is turned the same way is left as it is.
+   is turned the same way is left as it is. `confirm_turns` then undoes every turn that the
+   matches of all the image's pairs (voting or not) do not support significantly.
 3. **Re-extraction and re-matching.** Only the images whose turn differs from the one their
    features were made with are extracted again (`keypoints.extract_keypoints` with
    `rotations=`, so masks and resizing are exactly those of normal extraction, keypoints mapped
@@ -185,6 +186,53 @@ def solve_turns(names: list[str], votes: list[PairVote]) -> dict[str, int]:
         for i in members:
             turns[names[i]] = (labels[i] - reference) % 4
     return turns
+
+
+def confirm_turns(turns: dict[str, int], votes: list[PairVote], sigma: float) -> dict[str, int]:
+    """`turns` with every turn the image's matches do not support significantly set back to 0.
+
+    A turn is decided from the pairs that vote, but the pairs too weak to vote carry evidence
+    too, and on a scene of one object on black they can outnumber it: an upright view turned
+    by one 2/2/13/3 vote had nine weaker pairs saying upright (`scripts/benchmark_scenes.py`,
+    ``pedestal5``). For each turned image, over all its pairs (`PairVote.counts`, with the
+    partners' turns), the matches agreeing with its turn must outnumber those agreeing with no
+    turn by `sigma` standard deviations of a difference of two counts; the least supported
+    turn is undone first, then the others are checked again (partners' turns change the sums).
+    Leaving an image as it is stays the safe default: it matches as it would without the stage.
+    """
+    turns = dict(turns)
+    touching: dict[str, list[PairVote]] = {}
+    for v in votes:
+        if v.name0 in turns and v.name1 in turns and v.name0 != v.name1:
+            touching.setdefault(v.name0, []).append(v)
+            touching.setdefault(v.name1, []).append(v)
+
+    def support(name: str, turn: int) -> int:
+        total = 0
+        for v in touching.get(name, []):
+            if v.name1 == name:  # counts[k]: turn(name1) - turn(name0) = k
+                total += v.counts[(turn - turns[v.name0]) % 4]
+            else:
+                total += v.counts[(turns[v.name1] - turn) % 4]
+        return total
+
+    while True:
+        weakest, weakest_z = None, np.inf
+        for name, turn in turns.items():
+            if turn == 0:
+                continue
+            turned, upright = support(name, turn), support(name, 0)
+            z = (turned - upright) / np.sqrt(turned + upright) if turned + upright else 0.0
+            if z < sigma and z < weakest_z:
+                weakest, weakest_z = name, z
+        if weakest is None:
+            return turns
+        logger.info(
+            "Not turning %s: its matches support the turn only by %.1f standard deviations",
+            weakest,
+            weakest_z,
+        )
+        turns[weakest] = 0
 
 
 # ----------------------------------------------------------------------------- the cue
@@ -486,7 +534,7 @@ def _find_turns(
         turns, votes = {n: int(t) for n, t in previous["turns"].items()}, None
     else:
         votes = estimate_votes(image_dir, pairs, config, names=names)
-        turns = solve_turns(names, votes)
+        turns = confirm_turns(solve_turns(names, votes), votes, config.min_lead_sigma)
     if votes is not None:
         _write(path, config, digest, turns, pairs, votes)
     return turns

@@ -285,6 +285,8 @@ def run_pipeline(
                 config=config.rescue, rotations=read_rotations(rotations), executor=executor,
                 **run,
             )  # fmt: skip
+        if summary.rescue is None:  # a stage in the timings only when it ran
+            timings.pop("rescue")
         with timings.stage("export"):
             model_dir = export_model(sparse, output_dir, config.export)
         summary.add_models(sparse, model_dir)

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import paths
 from .config import config_hash, option
-from .errors import MappingError
+from .errors import MappingError, StorageError
 from .keypoints import KeypointsConfig, extract_keypoints
 from .mapping import MappingConfig, run_mapping
 from .matching import MatchingConfig, match_pairs
@@ -39,6 +39,7 @@ from .storage import (
     FEATURES_SCHEMA,
     FeaturesReader,
     Header,
+    MatchesReader,
     ResultWriter,
     atomic_write_json,
     read_header,
@@ -141,9 +142,13 @@ def rescue_weak_images(
     combined = _combine_features(
         features_path, dense_path, weak, rescue_dir / paths.FEATURES, config
     )
+    combined_hash = read_header(combined, FEATURES_SCHEMA).config_hash
     rescue_pairs = write_pairs(rescue_dir / paths.PAIRS, weak_pairs)
+    # The rescue's matches resume only if they were made from these very features: another
+    # set of left-out images (mapping is not bit-reproducible across runs) makes them stale.
+    stale = overwrite or _matched_from(rescue_dir / paths.MATCHES) not in (None, combined_hash)
     rescue_matches = match_pairs(
-        rescue_pairs, combined, rescue_dir, matching, device=device, overwrite=overwrite,
+        rescue_pairs, combined, rescue_dir, matching, device=device, overwrite=stale,
         executor=executor,
     )  # fmt: skip
     record: dict[str, Any] = {
@@ -185,14 +190,38 @@ def _combine_features(
         "dense": dense_config,
         "dense_images": weak,
     }
-    digest = config_hash(config, base=base_config, dense=dense_config, dense_images=weak)
+    dense_images = set(weak)  # the dense file may hold images of an earlier rescue too
+    with FeaturesReader(base) as b, FeaturesReader(dense) as d:
+        names = b.names() + list(b.failed())
+        # what each copied item was made from (image content, turn): an image extracted again
+        # since (a changed file, a turn found) makes this file stale like a changed setting
+        made_from = {
+            n: [str((d if n in dense_images else b).attrs(n).get(k, "")) for k in _ITEM_KEYS]
+            for n in names
+        }
+    digest = config_hash(
+        config, base=base_config, dense=dense_config, dense_images=weak, items=made_from
+    )
+    if out.is_file() and read_header(out, FEATURES_SCHEMA).config_hash == digest:
+        return out  # the same settings, images and items
     header = Header(FEATURES_SCHEMA, settings, digest)
     with (
         FeaturesReader(base) as b,
         FeaturesReader(dense) as d,
         ResultWriter(out, header, overwrite=True) as w,
     ):
-        for name in b.names() + list(b.failed()):
-            if (name,) not in w.done:  # resumed: the same header, so the same items
-                w.add((name,), *(d if name in d else b).read_item(name))
+        for name in names:
+            w.add((name,), *(d if name in dense_images else b).read_item(name))
     return out
+
+
+_ITEM_KEYS = ("fingerprint", "rotation", "error")
+
+
+def _matched_from(matches_path: Path) -> str | None:
+    """The features hash a matches file was made from (None if there is no readable file)."""
+    try:
+        with MatchesReader(matches_path) as m:
+            return m.features_hash
+    except (OSError, StorageError):
+        return None

@@ -43,7 +43,12 @@ from reconstruct.cli import _setup_logging
 from reconstruct.errors import ReconstructError
 from reconstruct.gt import read_cameras_txt, rotate_camera, write_cameras_txt
 from reconstruct.images import list_images, read_image
-from reconstruct.orientation import OrientationConfig, estimate_votes, solve_turns
+from reconstruct.orientation import (
+    OrientationConfig,
+    confirm_turns,
+    estimate_votes,
+    solve_turns,
+)
 from reconstruct.pipeline import run_pipeline
 from reconstruct.settings import PipelineConfig
 
@@ -145,7 +150,7 @@ def cue_only(names, pixels, seeds: int, only: set[str] | None = None) -> None:
                 cv2.imwrite(str(Path(tmp) / n), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
             start = time.perf_counter()
             votes = estimate_votes(Path(tmp), pairs, config)
-            found = solve_turns(names, votes)
+            found = confirm_turns(solve_turns(names, votes), votes, config.min_lead_sigma)
             seconds = time.perf_counter() - start
             # a vote says turn(name1) - turn(name0); the correcting turns are -applied
             wrong = [

@@ -15,6 +15,7 @@ from reconstruct.orientation import (
     PairVote,
     _ratio_matches,
     _sift_features,
+    confirm_turns,
     correct_orientation,
     estimate_votes,
     pair_vote,
@@ -88,6 +89,41 @@ def test_solver_no_votes_and_reversed_pairs():
     # b - a = 1 stated both ways round; plus c upright with a
     votes = [vote("a", "b", 1), vote("b", "a", 3), vote("c", "a", 0), vote("c", "d", 0)]
     assert solve_turns(list("abcd"), votes) == {"a": 0, "b": 1, "c": 0, "d": 0}
+
+
+def counted(a, b, counts):
+    counts = tuple(counts)
+    best = max(range(4), key=lambda k: (counts[k], -k))
+    return PairVote(name0=a, name1=b, counts=counts, turn=best, weight=0)
+
+
+def test_confirm_undoes_a_turn_the_weak_pairs_contradict():
+    # as on the synthetic object on black (pedestal5): x turned by one 2/2/13/3 vote with "a",
+    # while five pairs too weak to vote say upright
+    votes = [counted("a", "x", (2, 2, 13, 3))]
+    votes += [counted(p, "x", (9, 1, 4, 4)) for p in "bcdef"]
+    turns = {n: 0 for n in "abcdef"} | {"x": 2}
+    # turned 13 + 5 * 4 = 33 against upright 2 + 5 * 9 = 47: undone
+    assert confirm_turns(turns, votes, 2.0) == dict.fromkeys("abcdefx", 0)
+    # without the weak pairs the one vote stands: 13 against 2, (13 - 2) / sqrt(15) = 2.84
+    assert confirm_turns(turns, votes[:1], 2.0) == turns
+    assert confirm_turns(turns, votes[:1], 3.0)["x"] == 0
+
+
+def test_confirm_keeps_turns_that_support_each_other_and_undoes_the_weakest_first():
+    # y and z upside down together: their own pair (quarter 0) and their pairs with upright
+    # images (quarter 2) agree
+    votes = [counted("y", "z", (30, 0, 0, 0))]
+    votes += [counted("a", n, (1, 0, 20, 0)) for n in "yz"]
+    turns = {"a": 0, "y": 2, "z": 2}
+    assert confirm_turns(turns, votes, 2.0) == turns
+    # x and w agree with each other only, against the upright images: both undone
+    votes = [counted("w", "x", (14, 3, 3, 5)), counted("a", "w", (7, 0, 4, 0))]
+    votes += [counted("a", "x", (9, 0, 4, 0)), counted("b", "x", (5, 0, 6, 0))]
+    turns = {"a": 0, "b": 0, "w": 2, "x": 2}
+    assert confirm_turns(turns, votes, 2.0) == dict.fromkeys("abwx", 0)
+    # a turned image with no pairs at all has no support: undone
+    assert confirm_turns({"a": 0, "q": 1}, [], 2.0) == {"a": 0, "q": 0}
 
 
 # ----------------------------------------------------------------------------- stage, synthetic

@@ -43,6 +43,7 @@ def test_images_left_out_are_extracted_denser_and_mapped_again(scene, tmp_path):
     assert r["after"] == {"largest": 8, "models": 1}
     assert json.loads((out / "rescue" / "rescue.json").read_text()) == r
     assert "Rescue: " in summary.format() and "kept" in summary.format()
+    assert summary.timings["rescue"] > 0
     # the exported model is the rescued one, and it is right
     gt = read_cameras_txt(scene.gt_path)
     models = read_all_poses(out / "sparse")
@@ -73,12 +74,20 @@ def test_images_left_out_are_extracted_denser_and_mapped_again(scene, tmp_path):
     with MatchesReader(out / "rescue" / "matches.h5") as m:
         assert set(m.pairs()) == again
 
+    # a second run on the same folder resumes the rescue's files instead of refusing them
+    stamp = (out / "rescue" / "matches.h5").stat().st_mtime_ns
+    second = run_pipeline(scene.image_dir, out, load_config(overrides=SPARSE), device="cpu")
+    assert second.counts["registered_images"] == 8
+    if second.rescue and second.rescue["images"] == r["images"]:
+        assert (out / "rescue" / "matches.h5").stat().st_mtime_ns == stamp
+
 
 def test_nothing_to_rescue_when_every_image_registers(tmp_path, synthetic_scene):
     config = load_config(overrides={"keypoints": {"max_keypoints": 512, "resize": 640}})
     summary = run_pipeline(synthetic_scene.image_dir, tmp_path, config, device="cpu")
     assert summary.counts["registered_images"] == 8
     assert summary.rescue is None and not (tmp_path / "rescue").exists()
+    assert "rescue" not in summary.timings  # timed only when it runs
 
 
 def test_config_validation():
