@@ -153,6 +153,17 @@ def _select(driver, label: str, option: str) -> None:
         )
     )
     time.sleep(1)  # the rerun that stores the choice
+    _wait_idle(driver)
+
+
+def _wait_idle(driver, timeout: float = 60) -> None:
+    """Until Streamlit shows no script run in progress: on a loaded machine a click made while
+    the previous rerun is still running can be lost (the full suite on a slow host missed the
+    click on Run all after choosing the extractor)."""
+    running = "[data-testid=stStatusWidgetRunningIcon], [data-testid=stStatusWidgetRunningManIcon]"
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, running)
+    )
 
 
 def _shown_inliers(driver) -> int:
