@@ -73,8 +73,8 @@ class RescueConfig:
 
 
 def registered_in_largest(sparse_dir: Path) -> tuple[set[str], list[int]]:
-    """(names of the images in model 0, registered images of every model) from
-    ``sparse/mapping.json`` and the model folders."""
+    """(names of the images in model 0, registered images of every model) from the model
+    folders of `sparse_dir`."""
     from .export import read_all_poses
 
     poses = read_all_poses(sparse_dir)
@@ -199,19 +199,14 @@ def _combine_features(
             n: [str((d if n in dense_images else b).attrs(n).get(k, "")) for k in _ITEM_KEYS]
             for n in names
         }
-    digest = config_hash(
-        config, base=base_config, dense=dense_config, dense_images=weak, items=made_from
-    )
-    if out.is_file() and read_header(out, FEATURES_SCHEMA).config_hash == digest:
-        return out  # the same settings, images and items
-    header = Header(FEATURES_SCHEMA, settings, digest)
-    with (
-        FeaturesReader(base) as b,
-        FeaturesReader(dense) as d,
-        ResultWriter(out, header, overwrite=True) as w,
-    ):
-        for name in names:
-            w.add((name,), *(d if name in dense_images else b).read_item(name))
+        digest = config_hash(
+            config, base=base_config, dense=dense_config, dense_images=weak, items=made_from
+        )
+        if out.is_file() and read_header(out, FEATURES_SCHEMA).config_hash == digest:
+            return out  # the same settings, images and items
+        with ResultWriter(out, Header(FEATURES_SCHEMA, settings, digest), overwrite=True) as w:
+            for name in names:
+                w.add((name,), *(d if name in dense_images else b).read_item(name))
     return out
 
 
