@@ -107,6 +107,12 @@ class RunSummary:
                 f"{c['focal_outliers']} camera(s) with an unusual focal length: see "
                 f"{paths.MAPPING_SUMMARY} (focal_outliers)."
             )
+        if c.get("explained_matches") is not None and not c.get("model_consistent", True):
+            lines.append(
+                f"Warning: the model explains only {100 * c['explained_matches']:.0f}% of the "
+                "verified matches between its images (median over pairs; correct models "
+                f"80-98%): its poses are likely wrong. See {paths.MAPPING_SUMMARY} (consistency)."
+            )
         if self.unreadable_images:
             lines.append(
                 f"Skipped {len(self.unreadable_images)} unreadable images: "
@@ -129,6 +135,10 @@ class RunSummary:
         # why the scene split (mapping.diagnose_split) and odd focal lengths, when any
         self.counts["split_reasons"] = (mapping.get("split") or {}).get("reasons", [])
         self.counts["focal_outliers"] = len(mapping.get("focal_outliers") or [])
+        # how much of the verified matches the model explains (mapping.check_consistency)
+        consistency = mapping.get("consistency") or {}
+        self.counts["explained_matches"] = consistency.get("median_explained")
+        self.counts["model_consistent"] = consistency.get("consistent", True)
 
 
 def start_summary(

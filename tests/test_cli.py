@@ -108,6 +108,27 @@ def test_summary_names_model_points_and_run_json(tmp_path):
     text = summary.format()
     for name in (paths.MODEL, paths.PLY, paths.RUN_SUMMARY):
         assert str(tmp_path / name) in text, text
+    assert "poses are likely wrong" not in text
+
+
+def test_summary_warns_of_a_model_contradicting_its_matches(tmp_path):
+    counts = {"images": 2, "pairs": 1, "matches": 10}
+    summary = RunSummary(
+        image_dir="imgs",
+        output_dir=str(tmp_path),
+        config={},
+        config_hash="x",
+        versions={},
+        timings={"total": 1.0},
+        counts={**counts, "explained_matches": 0.187, "model_consistent": False},
+        unreadable_images={},
+        models=[{}],
+        model_dir=str(tmp_path / paths.MODEL),
+    )
+    text = summary.format()
+    assert "explains only 19% of the verified matches" in text and "likely wrong" in text
+    summary.counts.update(explained_matches=0.9, model_consistent=True)
+    assert "likely wrong" not in summary.format()
 
 
 @pytest.mark.slow

@@ -10,10 +10,13 @@ from reconstruct.evaluation import evaluate
 from reconstruct.export import ExportConfig, export_model, model_statistics, read_all_poses
 from reconstruct.gt import CameraPose, rotate_camera, write_cameras_txt
 from reconstruct.mapping import (
+    MIN_EXPLAINED_MATCHES,
     PP_MAX_STANDARD_ERROR,
     PP_MIN_RELATIVE_DROP,
     MappingConfig,
+    check_consistency,
     check_focal_lengths,
+    explained_fraction,
     principal_point_decision,
     run_mapping,
     turn_camera_params,
@@ -107,6 +110,47 @@ def test_mapping_recovers_known_poses(tmp_path):
     assert ply.startswith(b"ply") and b"element vertex" in ply
     stats = model_statistics(model)
     assert stats["registered_images"] == len(cams) and stats["mean_reprojection_error"] < 1.0
+    consistency = json.loads((sparse / "mapping.json").read_text())["consistency"]
+    assert consistency["consistent"] is True and consistency["median_explained"] > 0.8
+
+
+def test_explained_fraction_exact_values():
+    ids0 = np.array([7, 8, -1, 9])
+    ids1 = np.array([8, 7, -1, 9, 5])
+    inliers = np.array([[0, 1], [1, 0], [2, 2], [3, 3], [3, 4]])
+    # (7, 7) and (8, 8) and (9, 9) agree; two untriangulated keypoints (-1, -1) do not count
+    assert explained_fraction(ids0, ids1, inliers) == pytest.approx(3 / 5)
+    assert explained_fraction(ids0, ids1, np.zeros((0, 2), np.int64)) == 0.0
+
+
+def test_a_model_contradicting_its_matches_is_reported(tmp_path, caplog):
+    """The same well-posed model, judged against verified pairs whose inlier matches are
+    shuffled (each keypoint paired with a random other one): no pair is explained any more, so
+    the check must report the model as contradicting its evidence."""
+    import pycolmap
+
+    points, cams = make_views()
+    feats, matches = write_inputs(tmp_path, points, cams)
+    out = tmp_path / "out"
+    run_mapping(tmp_path, feats, matches, out, MappingConfig())
+    rec = pycolmap.Reconstruction(out / "sparse" / "0")
+    db = pycolmap.Database.open(str(out / "database.db"))
+    try:
+        rng = np.random.default_rng(0)
+        pair_ids, geometries = db.read_two_view_geometries()
+        for pair_id, geometry in zip(pair_ids, geometries, strict=True):
+            inliers = np.asarray(geometry.inlier_matches).reshape(-1, 2).copy()
+            inliers[:, 1] = rng.permutation(inliers[:, 1])
+            geometry.inlier_matches = inliers
+            db.update_two_view_geometry(*pycolmap.pair_id_to_image_pair(pair_id), geometry)
+    finally:
+        db.close()
+    with caplog.at_level("WARNING", logger="reconstruct.mapping"):
+        report = check_consistency(out / "database.db", rec, min_inliers=15)
+    assert report["consistent"] is False
+    assert report["median_explained"] < MIN_EXPLAINED_MATCHES / 5
+    assert report["pairs_mostly_unexplained"] == report["pairs"] > 0
+    assert "contradicts its own matches" in caplog.text
 
 
 def test_known_intrinsics_are_kept_fixed(tmp_path):
