@@ -542,9 +542,21 @@ def _shape(models: list, num_images: int) -> dict:
     }
 
 
-def _rank(models: list) -> tuple[int, int]:
-    """Better mapping results rank higher: more images in the largest model, then fewer models."""
-    return (models[0].num_reg_images() if models else 0, -len(models))
+def _rank(models: list, consistent: bool = True) -> tuple[bool, int, int]:
+    """Better mapping results rank higher: a largest model that does not contradict its matches
+    (`check_consistency`; a smaller model that agrees with its evidence is worth more than a
+    larger one that does not), then more images in the largest model, then fewer models."""
+    return (consistent, models[0].num_reg_images() if models else 0, -len(models))
+
+
+def model_is_consistent(sparse_dir: Path) -> bool:
+    """What `check_consistency` said of model 0 of `sparse_dir` (mapping.json); True when it
+    could not judge (no verified pair of registered images, or an older mapping.json)."""
+    try:
+        summary = json.loads((Path(sparse_dir) / paths.MAPPING_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return True
+    return bool((summary.get("consistency") or {}).get("consistent", True))
 
 
 def drop_duplicate_models(models: list) -> tuple[list, list[dict]]:
@@ -659,7 +671,9 @@ def explained_fraction(
     return float(np.mean((a >= 0) & (a == b)))
 
 
-def check_consistency(database_path: Path, rec, min_inliers: int) -> dict | None:
+def check_consistency(
+    database_path: Path, rec, min_inliers: int, *, warn: bool = True
+) -> dict | None:
     """How much of the geometric evidence the model `rec` explains: for every verified pair
     (>= `min_inliers` inliers) of two registered images, the share of its inlier matches that
     the model put on one 3D point. A correct model explains most of them (the mapper drops a
@@ -698,7 +712,7 @@ def check_consistency(database_path: Path, rec, min_inliers: int) -> dict | None
         "pairs_mostly_unexplained": int(np.sum(np.array(shares) < MIN_EXPLAINED_MATCHES)),
         "consistent": median >= MIN_EXPLAINED_MATCHES,
     }
-    if not report["consistent"]:
+    if warn and not report["consistent"]:
         logger.warning(
             "The model contradicts its own matches: over %d verified pairs of registered "
             "images, a median %.0f%% of the inlier matches lie on one of its 3D points "
@@ -1140,7 +1154,18 @@ def _map_with_retry(
         database_path, image_dir, raw_dir, config, known, refine_pp, num_images, relaxed=True
     )
     retry = {"before": _shape(models, num_images), "after": _shape(again, num_images)}
-    retry["kept"] = _rank(again) > _rank(models)
+
+    def consistent(result: list) -> bool:  # no model never outranks a model
+        if not result:
+            return False
+        report = check_consistency(database_path, result[0], config.min_inliers, warn=False)
+        return bool(report["consistent"]) if report else True
+
+    retry["before"]["consistent"] = consistent(models)
+    retry["after"]["consistent"] = consistent(again)
+    retry["kept"] = _rank(again, retry["after"]["consistent"]) > _rank(
+        models, retry["before"]["consistent"]
+    )
     if retry["kept"]:
         models = again
     logger.info("Relaxed initialisation: %s", retry)
@@ -1175,19 +1200,23 @@ def _fall_back_without_prior(
         others.sort(key=lambda r: r.num_reg_images(), reverse=True)
     except MappingError:
         others = []
-    keep = _rank(others) > _rank(models)
+    with_prior = _rank(models, model_is_consistent(sparse_dir))
+    without_prior = _rank(others, bool(others) and model_is_consistent(trial))
+    keep = without_prior > with_prior
     comparison = {
-        "with_prior": list(_rank(models)),
-        "without_prior": list(_rank(others)),
+        "with_prior": list(with_prior),
+        "without_prior": list(without_prior),
         "kept": "without_prior" if keep else "with_prior",
     }
     logger.warning(
-        "Known intrinsics: largest model %d image(s) in %d model(s); without them %d in %d; "
+        "Known intrinsics: largest model %d image(s) in %d model(s)%s; without them %d in %d%s; "
         "keeping the result %s them",
-        _rank(models)[0],
-        -_rank(models)[1],
-        _rank(others)[0],
-        -_rank(others)[1],
+        with_prior[1],
+        -with_prior[2],
+        "" if with_prior[0] else " (contradicting its matches)",
+        without_prior[1],
+        -without_prior[2],
+        "" if without_prior[0] else " (contradicting its matches)",
         "without" if keep else "with",
     )
     if keep:

@@ -33,7 +33,7 @@ from . import paths
 from .config import config_hash, option
 from .errors import MappingError, StorageError
 from .keypoints import KeypointsConfig, extract_keypoints
-from .mapping import MappingConfig, run_mapping
+from .mapping import MappingConfig, model_is_consistent, run_mapping
 from .matching import MatchingConfig, match_pairs
 from .storage import (
     FEATURES_SCHEMA,
@@ -81,9 +81,10 @@ def registered_in_largest(sparse_dir: Path) -> tuple[set[str], list[int]]:
     return (set(poses[0]) if poses else set()), [len(p) for p in poses]
 
 
-def _rank(sizes: list[int]) -> tuple[int, int]:
-    """Higher is better: images in the largest model, then fewer models (as mapping ranks)."""
-    return (sizes[0] if sizes else 0, -len(sizes))
+def _rank(sizes: list[int], consistent: bool) -> tuple[bool, int, int]:
+    """Higher is better, as mapping ranks (`mapping._rank`, which takes pycolmap models): a
+    largest model that does not contradict its matches, then images in it, then fewer models."""
+    return (consistent, sizes[0] if sizes else 0, -len(sizes))
 
 
 def rescue_weak_images(
@@ -155,7 +156,11 @@ def rescue_weak_images(
         "images": weak,
         "max_keypoints": dense.max_keypoints,
         "pairs_matched_again": len(weak_pairs),
-        "before": {"largest": _rank(before)[0], "models": len(before)},
+        "before": {
+            "largest": before[0] if before else 0,
+            "models": len(before),
+            "consistent": model_is_consistent(sparse_dir),
+        },
     }
     try:
         new_sparse = run_mapping(
@@ -166,8 +171,13 @@ def rescue_weak_images(
         record.update(after=None, kept=False, error=str(e).splitlines()[0])
     else:
         _, after = registered_in_largest(new_sparse)
-        record["after"] = {"largest": _rank(after)[0], "models": len(after)}
-        record["kept"] = _rank(after) > _rank(before)
+        record["after"] = {
+            "largest": after[0] if after else 0,
+            "models": len(after),
+            "consistent": model_is_consistent(new_sparse),
+        }
+        b, a = record["before"], record["after"]
+        record["kept"] = _rank(after, a["consistent"]) > _rank(before, b["consistent"])
         if record["kept"]:
             paths.replace_dir(new_sparse, sparse_dir)
     logger.info("Rescue: %s", {k: v for k, v in record.items() if k != "images"})

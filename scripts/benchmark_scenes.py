@@ -133,6 +133,10 @@ def score(sparse: Path, gt: Path | None, num_images: int) -> dict:
     }
     if gt is not None and gt.is_file():
         row["auc5"] = round(float(evaluate(read_cameras_txt(gt), models).to_dict()["auc"]["5"]), 4)
+    summary = sparse / paths.MAPPING_SUMMARY  # ours only: the check of mapping.check_consistency
+    if summary.is_file():
+        consistency = json.loads(summary.read_text()).get("consistency") or {}
+        row["explained"] = consistency.get("median_explained")
     return row
 
 
@@ -219,6 +223,8 @@ def main() -> int:
         for row in run_scene(name, images, gt, work, not args.no_colmap):
             auc = f" AUC@5 {row['auc5']:.3f}" if "auc5" in row else ""
             pp = f" pp {row['pp']}" if "pp" in row else ""
+            if row.get("explained") is not None:
+                pp = f" explained {row['explained']:.2f}{pp}"
             print(
                 f"{row['scene']:14s} {row['method']:16s} {row['registered']:3d}/{row['images']} "
                 f"in {row['models']} model(s){auc}{pp}",

@@ -376,3 +376,37 @@ def test_text_upload_and_pick_file(tmp_path):
     for bad in ("..", "s", "/etc/passwd", "missing.txt"):
         with pytest.raises(InputError):
             uploads.pick_file(tmp_path, bad)
+
+
+def test_a_full_run_message_carries_the_summary_warnings(tmp_path):
+    from reconstruct.pipeline import RunSummary
+
+    def summary(**counts):
+        return RunSummary(
+            image_dir="imgs",
+            output_dir=str(tmp_path),
+            config={},
+            config_hash="x",
+            versions={},
+            timings={"total": 1.0},
+            counts={"images": 16, "pairs": 120, "matches": 900, **counts},
+            unreadable_images={},
+            models=[{}],
+            model_dir=str(tmp_path / "model"),
+        )
+
+    # a sound run: one line, no warning
+    assert state.summary_message(summary(registered_images=16)).splitlines() == [
+        summary(registered_images=16).format().splitlines()[0]
+    ]
+    lines = state.summary_message(
+        summary(
+            registered_images=16,
+            explained_matches=0.19,
+            model_consistent=False,
+            split_reasons=["no verified pair joins model 1 to another model"],
+        )
+    ).splitlines()
+    assert lines[0].startswith("Registered 16 of 16 images")
+    assert lines[1] == "Not one model: no verified pair joins model 1 to another model."
+    assert lines[2].startswith("Warning: the model explains only 19%") and len(lines) == 3

@@ -378,8 +378,8 @@ def test_known_intrinsics_are_compared_with_none_when_the_scene_splits(tmp_path)
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", cfg)
     info = json.loads((sparse / "mapping.json").read_text())
     assert info["intrinsics_prior"] == {
-        "with_prior": [4, -2],
-        "without_prior": [4, -2],
+        "with_prior": [True, 4, -2],
+        "without_prior": [True, 4, -2],
         "kept": "with_prior",
     }
     assert not (tmp_path / "out" / ".without_prior").exists()

@@ -212,7 +212,10 @@ def job_panel() -> None:
         if not ss.job_reported:  # it ended while this fragment polled: redraw every view
             st.rerun()
         if job.state == "done":
-            st.success(job.message)
+            outcome, *warnings = job.message.splitlines() or [""]
+            st.success(outcome)
+            for line in warnings:  # state.summary_message: the run summary's warnings
+                st.warning(line)
         elif job.state == "cancelled":
             st.warning(f"Cancelled: {job.message}.")
         else:

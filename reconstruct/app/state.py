@@ -110,6 +110,18 @@ def step_text(stage: str, done_: int, total: int | None, unit: str) -> str:
     return f"{stage}: {done_} {noun}s"
 
 
+WARNING_PREFIXES = ("Warning:", "Not one model:")
+"""Lines of `RunSummary.format` the page shows as warnings below a full run's outcome."""
+
+
+def summary_message(summary) -> str:
+    """A full run's outcome for the page: the summary's first line (registered images,
+    points), then its warnings (a split scene, a model that contradicts its matches), one per
+    line."""
+    first, *rest = summary.format().splitlines()
+    return "\n".join([first, *(line for line in rest if line.startswith(WARNING_PREFIXES))])
+
+
 def run_stage(stage: str, image_dir: Path | None, output_dir: Path, config) -> str:
     """Run one stage (or "all") with the library function the CLI calls; returns a message."""
     from ..export import export_model
@@ -123,8 +135,7 @@ def run_stage(stage: str, image_dir: Path | None, output_dir: Path, config) -> s
     if stage == "all":
         if image_dir is None:
             raise InputError("no images yet: upload images, pick a folder or load the demo scene")
-        summary = run_pipeline(image_dir, out, config, device="cpu")
-        return summary.format().splitlines()[0]
+        return summary_message(run_pipeline(image_dir, out, config, device="cpu"))
     check_can_run(stage, out if image_dir else None, image_dir is not None)
     out.mkdir(parents=True, exist_ok=True)
     f, p, m = out / paths.FEATURES, out / paths.PAIRS, out / paths.MATCHES
