@@ -111,7 +111,7 @@ class RunSummary:
             lines.append(
                 f"Warning: the model explains only {100 * c['explained_matches']:.0f}% of the "
                 "verified matches between its images (median over pairs; correct models "
-                f"80-98%): its poses are likely wrong. See {paths.MAPPING_SUMMARY} (consistency)."
+                f"78-98%): its poses are likely wrong. See {paths.MAPPING_SUMMARY} (consistency)."
             )
         if self.unreadable_images:
             lines.append(
