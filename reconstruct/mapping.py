@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from .errors import ConfigError, MappingError
 from .gt import read_cameras_txt, rotate_camera
 from .progress import progress
 from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_public, read_pairs
+
+if TYPE_CHECKING:  # imported where used: pycolmap loads native libraries
+    import pycolmap
 
 logger = logging.getLogger(__name__)
 
@@ -542,11 +545,38 @@ def _shape(models: list, num_images: int) -> dict:
     }
 
 
-def _rank(models: list, consistent: bool = True) -> tuple[bool, int, int]:
-    """Better mapping results rank higher: a largest model that does not contradict its matches
-    (`check_consistency`; a smaller model that agrees with its evidence is worth more than a
-    larger one that does not), then more images in the largest model, then fewer models."""
-    return (consistent, models[0].num_reg_images() if models else 0, -len(models))
+@dataclass(frozen=True)
+class Outcome:
+    """What decides between two mapping results: images in the largest model, number of
+    models, and whether the largest model agrees with its matches (`check_consistency`)."""
+
+    largest: int
+    models: int
+    consistent: bool
+
+    @classmethod
+    def of(cls, models: list, consistent: bool) -> Outcome:
+        """The outcome of pycolmap `models` (largest first); no model is never consistent."""
+        largest = models[0].num_reg_images() if models else 0
+        return cls(largest, len(models), consistent and bool(models))
+
+    def describe(self) -> str:
+        flag = "" if self.consistent else " (contradicting its matches)"
+        return f"{self.largest} image(s) in {self.models} model(s){flag}"
+
+
+def is_better(new: Outcome, old: Outcome) -> bool:
+    """Whether mapping result `new` should replace `old` (the relaxed retry, the rescue, the
+    known-intrinsics fallback). More images in the largest model, then fewer models, as
+    before; but a largest model that contradicts its matches loses to one that does not if
+    that one has at least half its images. Half, not any size: a small model explains the few
+    pairs it was built from almost by construction (3 images, 3 pairs), so its consistency is
+    weak evidence against a large model that is flagged."""
+    if new.consistent != old.consistent:
+        flagged, sound = (old, new) if new.consistent else (new, old)
+        if 2 * sound.largest >= flagged.largest:
+            return new.consistent
+    return (new.largest, -new.models) > (old.largest, -old.models)
 
 
 def model_is_consistent(sparse_dir: Path) -> bool:
@@ -673,7 +703,7 @@ def explained_fraction(
 
 
 def check_consistency(
-    database_path: Path, rec, min_inliers: int, *, warn: bool = True
+    database_path: Path, rec: pycolmap.Reconstruction, min_inliers: int, *, warn: bool = True
 ) -> dict | None:
     """How much of the geometric evidence the model `rec` explains: for every verified pair
     (>= `min_inliers` inliers) of two registered images, the share of its inlier matches that
@@ -713,17 +743,32 @@ def check_consistency(
         "pairs_mostly_unexplained": int(np.sum(np.array(shares) < MIN_EXPLAINED_MATCHES)),
         "consistent": median >= MIN_EXPLAINED_MATCHES,
     }
-    if warn and not report["consistent"]:
+    if warn:
+        _log_contradiction(report)
+    return report
+
+
+def _log_contradiction(report: dict | None) -> None:
+    if report and not report["consistent"]:
         logger.warning(
             "The model contradicts its own matches: over %d verified pairs of registered "
             "images, a median %.0f%% of the inlier matches lie on one of its 3D points "
             "(correct models: 78-98%%). Its poses are likely wrong (repeated, symmetric or "
             "textureless structure). Check it visually; known intrinsics "
             "(--set mapping.intrinsics=FILE), more keypoints or more overlapping photos may help",
-            len(shares),
-            100 * median,
+            report["pairs"],
+            100 * report["median_explained"],
         )
-    return report
+
+
+def warn_if_contradicted(sparse_dir: Path) -> None:
+    """Log `check_consistency`'s warning for model 0 of `sparse_dir` if it was flagged: for a
+    result mapped with ``warn=False`` (a trial) once it has been kept."""
+    try:
+        summary = json.loads((Path(sparse_dir) / paths.MAPPING_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return
+    _log_contradiction(summary.get("consistency"))
 
 
 FOCAL_OUTLIER_FACTOR = 1.6
@@ -970,11 +1015,13 @@ def run_mapping(
     config: MappingConfig = MappingConfig(),
     *,
     pairs_path: Path | None = None,
+    warn: bool = True,
 ) -> Path:
     """Reconstruct the scene; returns ``output_dir/sparse`` holding models ``0`` (largest),
     ``1``, ... Raises MappingError (with counts) when no model can be built. With `pairs_path`,
     only the matches of those pairs are used. Several `matches_path` files: each pair from the
-    first file that holds it."""
+    first file that holds it. `warn` False: a trial run, whose model 0 is not warned about if
+    it contradicts its matches (`warn_if_contradicted` does, if the trial is kept)."""
     import pycolmap
 
     output_dir = Path(output_dir)
@@ -1019,7 +1066,9 @@ def run_mapping(
             **mapped.summary(refine_pp, len(turns)),
             "split": diagnose_split(database_path, mapped.models, names, config),
             "focal_outliers": check_focal_lengths(mapped.models[0]),
-            "consistency": check_consistency(database_path, mapped.models[0], config.min_inliers),
+            "consistency": check_consistency(
+                database_path, mapped.models[0], config.min_inliers, warn=warn
+            ),
             "seconds": time.perf_counter() - start,
         }
         _publish_models(mapped.models, tmp_dir, sparse_dir, summary)
@@ -1140,7 +1189,7 @@ def _map_with_retry(
 ) -> tuple[list, dict | None]:
     """`run_mapper`, and for an incremental run that did not map the scene whole (with
     ``retry_relaxed_init``), once more with a relaxed initialisation, keeping the better result
-    (`_rank`). Returns (models, the retry's record or None)."""
+    (`is_better`). Returns (models, the retry's record or None)."""
     known = bool(config.intrinsics)
     models = run_mapper(database_path, image_dir, raw_dir, config, known, refine_pp, num_images)
     if not (
@@ -1155,22 +1204,24 @@ def _map_with_retry(
         database_path, image_dir, raw_dir, config, known, refine_pp, num_images, relaxed=True
     )
     retry = {"before": _shape(models, num_images), "after": _shape(again, num_images)}
-
-    def consistent(result: list) -> bool:  # no model never outranks a model
-        if not result:
-            return False
-        report = check_consistency(database_path, result[0], config.min_inliers, warn=False)
-        return bool(report["consistent"]) if report else True
-
-    retry["before"]["consistent"] = consistent(models)
-    retry["after"]["consistent"] = consistent(again)
-    retry["kept"] = _rank(again, retry["after"]["consistent"]) > _rank(
-        models, retry["before"]["consistent"]
-    )
+    before = Outcome.of(models, _is_consistent(database_path, models, config.min_inliers))
+    after = Outcome.of(again, _is_consistent(database_path, again, config.min_inliers))
+    retry["before"]["consistent"] = before.consistent
+    retry["after"]["consistent"] = after.consistent
+    retry["kept"] = is_better(after, before)
     if retry["kept"]:
         models = again
     logger.info("Relaxed initialisation: %s", retry)
     return models, retry
+
+
+def _is_consistent(database_path: Path, models: list, min_inliers: int) -> bool:
+    """`check_consistency` of the largest of `models`, without its warning; True when it cannot
+    judge (as `model_is_consistent`)."""
+    if not models:
+        return False
+    report = check_consistency(database_path, models[0], min_inliers, warn=False)
+    return bool(report["consistent"]) if report else True
 
 
 def _publish_models(models: list, tmp_dir: Path, sparse_dir: Path, summary: dict) -> None:
@@ -1186,42 +1237,40 @@ def _fall_back_without_prior(
 ) -> None:
     """Known intrinsics must never make the result worse than none (issue 11: on an untextured
     ring they did). When the scene did not map whole with them, map once more without them and
-    keep that result if it ranks higher (`_rank`); mapping.json records the comparison."""
+    keep that result if it is better (`is_better`); mapping.json records the comparison."""
     sparse_dir = output_dir / paths.SPARSE
     trial_dir = output_dir / ".without_prior"
     shutil.rmtree(trial_dir, ignore_errors=True)
     plain = dataclasses.replace(config, intrinsics=None, fix_intrinsics=False)
     try:
         trial = run_mapping(
-            image_dir, features_path, matches_path, trial_dir, plain, pairs_path=pairs_path
-        )
+            image_dir, features_path, matches_path, trial_dir, plain, pairs_path=pairs_path,
+            warn=False,
+        )  # fmt: skip
         import pycolmap
 
         others = [pycolmap.Reconstruction(str(d)) for d in sorted(trial.iterdir()) if d.is_dir()]
         others.sort(key=lambda r: r.num_reg_images(), reverse=True)
     except MappingError:
         others = []
-    with_prior = _rank(models, model_is_consistent(sparse_dir))
-    without_prior = _rank(others, bool(others) and model_is_consistent(trial))
-    keep = without_prior > with_prior
+    with_prior = Outcome.of(models, model_is_consistent(sparse_dir))
+    without_prior = Outcome.of(others, bool(others) and model_is_consistent(trial))
+    keep = is_better(without_prior, with_prior)
     comparison = {
-        "with_prior": list(with_prior),
-        "without_prior": list(without_prior),
+        "with_prior": dataclasses.asdict(with_prior),
+        "without_prior": dataclasses.asdict(without_prior),
         "kept": "without_prior" if keep else "with_prior",
     }
+
     logger.warning(
-        "Known intrinsics: largest model %d image(s) in %d model(s)%s; without them %d in %d%s; "
-        "keeping the result %s them",
-        with_prior[1],
-        -with_prior[2],
-        "" if with_prior[0] else " (contradicting its matches)",
-        without_prior[1],
-        -without_prior[2],
-        "" if without_prior[0] else " (contradicting its matches)",
+        "Known intrinsics: largest model %s; without them %s; keeping the result %s them",
+        with_prior.describe(),
+        without_prior.describe(),
         "without" if keep else "with",
     )
     if keep:
         paths.replace_dir(trial, sparse_dir)
+        warn_if_contradicted(sparse_dir)
     summary_path = sparse_dir / paths.MAPPING_SUMMARY
     summary = json.loads(summary_path.read_text())
     summary["intrinsics_prior"] = comparison

@@ -94,11 +94,14 @@ class RunSummary:
         ]
         if self.rescue:
             r, after = self.rescue, self.rescue.get("after") or {}
+            why = ""
+            if r["kept"] and not r["before"].get("consistent", True) and after.get("consistent"):
+                why = " (the previous largest model contradicted its matches)"
             lines.append(
                 f"Rescue: {len(r['images'])} image(s) left out extracted again with "
                 f"{r['max_keypoints']} keypoints, {r['pairs_matched_again']} pairs matched again; "
                 f"largest model {r['before']['largest']} -> {after.get('largest', 'failed')} "
-                f"images, {'kept' if r['kept'] else 'not kept'}."
+                f"images, {'kept' if r['kept'] else 'not kept'}{why}."
             )
         for reason in c.get("split_reasons") or []:
             lines.append(f"Not one model: {reason}.")

@@ -33,7 +33,14 @@ from . import paths
 from .config import config_hash, option
 from .errors import MappingError, StorageError
 from .keypoints import KeypointsConfig, extract_keypoints
-from .mapping import MappingConfig, model_is_consistent, run_mapping
+from .mapping import (
+    MappingConfig,
+    Outcome,
+    is_better,
+    model_is_consistent,
+    run_mapping,
+    warn_if_contradicted,
+)
 from .matching import MatchingConfig, match_pairs
 from .storage import (
     FEATURES_SCHEMA,
@@ -79,12 +86,6 @@ def registered_in_largest(sparse_dir: Path) -> tuple[set[str], list[int]]:
 
     poses = read_all_poses(sparse_dir)
     return (set(poses[0]) if poses else set()), [len(p) for p in poses]
-
-
-def _rank(sizes: list[int], consistent: bool) -> tuple[bool, int, int]:
-    """Higher is better, as mapping ranks (`mapping._rank`, which takes pycolmap models): a
-    largest model that does not contradict its matches, then images in it, then fewer models."""
-    return (consistent, sizes[0] if sizes else 0, -len(sizes))
 
 
 def rescue_weak_images(
@@ -165,7 +166,7 @@ def rescue_weak_images(
     try:
         new_sparse = run_mapping(
             image_dir, combined, [rescue_matches, matches_path], rescue_dir, mapping,
-            pairs_path=pairs_path,
+            pairs_path=pairs_path, warn=False,
         )  # fmt: skip
     except MappingError as e:  # a failed rescue keeps the run's own models
         record.update(after=None, kept=False, error=str(e).splitlines()[0])
@@ -176,10 +177,10 @@ def rescue_weak_images(
             "models": len(after),
             "consistent": model_is_consistent(new_sparse),
         }
-        b, a = record["before"], record["after"]
-        record["kept"] = _rank(after, a["consistent"]) > _rank(before, b["consistent"])
+        record["kept"] = is_better(Outcome(**record["after"]), Outcome(**record["before"]))
         if record["kept"]:
             paths.replace_dir(new_sparse, sparse_dir)
+            warn_if_contradicted(sparse_dir)
     logger.info("Rescue: %s", {k: v for k, v in record.items() if k != "images"})
     atomic_write_json(rescue_dir / RESCUE_SUMMARY, record)
     return record

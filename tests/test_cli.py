@@ -209,3 +209,33 @@ def test_python_dash_m_reconstruct_is_the_cli():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"reconstruct {__version__}"
+
+
+def test_summary_says_why_a_smaller_rescued_model_was_kept(tmp_path):
+    rescue = {
+        "images": ["a.jpg"],
+        "max_keypoints": 2048,
+        "pairs_matched_again": 4,
+        "before": {"largest": 6, "models": 5, "consistent": False},
+        "after": {"largest": 5, "models": 5, "consistent": True},
+        "kept": True,
+    }
+    summary = RunSummary(
+        image_dir="imgs",
+        output_dir=str(tmp_path),
+        config={},
+        config_hash="x",
+        versions={},
+        timings={"total": 1.0},
+        counts={"images": 16, "pairs": 120, "matches": 900},
+        unreadable_images={},
+        models=[{}],
+        model_dir=str(tmp_path / paths.MODEL),
+        rescue=rescue,
+    )
+    assert "6 -> 5 images, kept (the previous largest model contradicted its matches)." in (
+        summary.format()
+    )
+    rescue["before"]["consistent"] = True
+    rescue["after"]["largest"] = 7
+    assert "6 -> 7 images, kept." in summary.format()

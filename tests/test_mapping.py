@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from reconstruct import paths
 from reconstruct.errors import MappingError
 from reconstruct.evaluation import evaluate
 from reconstruct.export import ExportConfig, export_model, model_statistics, read_all_poses
@@ -14,9 +15,12 @@ from reconstruct.mapping import (
     PP_MAX_STANDARD_ERROR,
     PP_MIN_RELATIVE_DROP,
     MappingConfig,
+    Outcome,
     check_consistency,
     check_focal_lengths,
     explained_fraction,
+    is_better,
+    model_is_consistent,
     principal_point_decision,
     run_mapping,
     turn_camera_params,
@@ -110,7 +114,7 @@ def test_mapping_recovers_known_poses(tmp_path):
     assert ply.startswith(b"ply") and b"element vertex" in ply
     stats = model_statistics(model)
     assert stats["registered_images"] == len(cams) and stats["mean_reprojection_error"] < 1.0
-    consistency = json.loads((sparse / "mapping.json").read_text())["consistency"]
+    consistency = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())["consistency"]
     assert consistency["consistent"] is True and consistency["median_explained"] > 0.8
 
 
@@ -134,7 +138,7 @@ def test_a_model_contradicting_its_matches_is_reported(tmp_path, caplog):
     out = tmp_path / "out"
     run_mapping(tmp_path, feats, matches, out, MappingConfig())
     rec = pycolmap.Reconstruction(out / "sparse" / "0")
-    db = pycolmap.Database.open(str(out / "database.db"))
+    db = pycolmap.Database.open(str(out / paths.DATABASE))
     try:
         rng = np.random.default_rng(0)
         pair_ids, geometries = db.read_two_view_geometries()
@@ -146,7 +150,7 @@ def test_a_model_contradicting_its_matches_is_reported(tmp_path, caplog):
     finally:
         db.close()
     with caplog.at_level("WARNING", logger="reconstruct.mapping"):
-        report = check_consistency(out / "database.db", rec, min_inliers=15)
+        report = check_consistency(out / paths.DATABASE, rec, min_inliers=15)
     assert report["consistent"] is False
     assert report["median_explained"] < MIN_EXPLAINED_MATCHES / 5
     assert report["pairs_mostly_unexplained"] == report["pairs"] > 0
@@ -233,7 +237,7 @@ def test_turned_images_share_one_camera_and_come_back_in_file_frames(tmp_path):
         assert {im.camera_id for im in db.read_all_images()} == {1}  # one camera for all six
     finally:
         db.close()
-    summary = json.loads((sparse / "mapping.json").read_text())
+    summary = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     assert summary["refine_principal_point"] is True and summary["turned_images"] == 2
     (turned_cameras,) = summary["turned_cameras"]
     assert sorted((v["camera_id"], v["quarter_turns"]) for v in turned_cameras.values()) == [
@@ -271,7 +275,7 @@ def test_a_split_scene_says_why(tmp_path):
         tmp_path, points, cams, keep_pair=lambda a, b: group[a] == group[b]
     )
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig())
-    info = json.loads((sparse / "mapping.json").read_text())
+    info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     assert info["split"]["models"] == 2 and info["split"]["links"] == []
     assert info["split"]["reasons"] == ["no verified pair joins model 1 to another model"]
     # the relaxed retry was tried (the scene did not map whole) and could not join them either
@@ -306,7 +310,7 @@ def test_auto_principal_point_stays_fixed_for_a_narrow_field_of_view(tmp_path):
     }
     feats, matches = write_inputs(tmp_path, points, cams, noise=0.5)
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig())
-    info = json.loads((sparse / "mapping.json").read_text())
+    info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     (report,) = info["principal_point"]
     assert report["tried"] is True and report["accepted"] is False, report
     assert info["refine_principal_point"] is False
@@ -376,10 +380,77 @@ def test_known_intrinsics_are_compared_with_none_when_the_scene_splits(tmp_path)
     )
     cfg = MappingConfig(intrinsics=intr, camera_model="PINHOLE")
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", cfg)
-    info = json.loads((sparse / "mapping.json").read_text())
+    info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     assert info["intrinsics_prior"] == {
-        "with_prior": [True, 4, -2],
-        "without_prior": [True, 4, -2],
+        "with_prior": {"largest": 4, "models": 2, "consistent": True},
+        "without_prior": {"largest": 4, "models": 2, "consistent": True},
         "kept": "with_prior",
     }
     assert not (tmp_path / "out" / ".without_prior").exists()
+
+
+def test_consistency_reads_the_database_pairs_in_either_order(tmp_path):
+    """A hand-made two-image model and database: the keypoints of each 3D point have other
+    indices in the two images, and the pair is stored as (second image, first image), so only
+    a check that indexes each column with its own image's keypoints finds 2 of 5 explained."""
+    import pycolmap
+
+    camera = pycolmap.Camera.create_from_model_name(1, "SIMPLE_PINHOLE", 500.0, 640, 480)
+    db_path = tmp_path / paths.DATABASE
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        db_camera = db.write_camera(camera)
+        id_b = db.write_image(pycolmap.Image(name="b.jpg", camera_id=db_camera))
+        id_a = db.write_image(pycolmap.Image(name="a.jpg", camera_id=db_camera))
+        geometry = pycolmap.TwoViewGeometry()
+        # columns: (a, b) keypoint indices; written with a first although a's id is larger
+        geometry.inlier_matches = np.array([[0, 3], [1, 4], [2, 0], [3, 1], [4, 2]], np.uint32)
+        db.write_two_view_geometry(id_a, id_b, geometry)
+    finally:
+        db.close()
+
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(camera)
+    xy = pycolmap.Point2DList([pycolmap.Point2D(np.array([10.0 * i, 5.0])) for i in range(5)])
+    for image_id, name in ((1, "a.jpg"), (2, "b.jpg")):
+        image = pycolmap.Image(name=name, points2D=xy, camera_id=1, image_id=image_id)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d())
+    # (a keypoint, b keypoint) of each 3D point; None: seen in one image only
+    for a, b in ((0, 3), (1, 4), (2, None), (4, None), (None, 2)):
+        track = pycolmap.Track()
+        for image_id, idx in ((1, a), (2, b)):
+            if idx is not None:
+                track.add_element(image_id, idx)
+        rec.add_point3D(np.zeros(3), track)
+
+    report = check_consistency(db_path, rec, min_inliers=1, warn=False)
+    assert report == {
+        "pairs": 1,
+        "median_explained": 0.4,
+        "pairs_mostly_unexplained": 1,
+        "consistent": False,
+    }
+    assert check_consistency(db_path, rec, min_inliers=6, warn=False) is None  # too few inliers
+
+
+def test_a_flagged_model_loses_only_to_one_at_least_half_its_size():
+    assert Outcome.of([], True) == Outcome(0, 0, False)
+    flagged = Outcome(largest=16, models=1, consistent=False)
+    assert is_better(Outcome(8, 2, True), flagged)  # half its images: the sound one wins
+    assert not is_better(Outcome(7, 3, True), flagged)  # fewer: size decides
+    assert not is_better(flagged, Outcome(8, 2, True))
+    assert is_better(Outcome(5, 5, True), Outcome(6, 5, False))  # pedestal5's rescue
+    # between equals in consistency, size then fewer models, as before
+    assert is_better(Outcome(16, 1, True), Outcome(15, 1, True))
+    assert not is_better(Outcome(8, 2, True), Outcome(8, 1, True))
+    assert is_better(Outcome(16, 1, False), Outcome(15, 1, False))
+    assert not is_better(Outcome(0, 0, False), flagged)
+
+
+def test_model_is_consistent_reads_mapping_json(tmp_path):
+    assert model_is_consistent(tmp_path) is True  # nothing to judge by
+    summary = tmp_path / paths.MAPPING_SUMMARY
+    summary.write_text(json.dumps({"consistency": None}))
+    assert model_is_consistent(tmp_path) is True
+    summary.write_text(json.dumps({"consistency": {"consistent": False, "median_explained": 0.1}}))
+    assert model_is_consistent(tmp_path) is False

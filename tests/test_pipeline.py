@@ -65,6 +65,9 @@ FAST = {"keypoints": {"max_keypoints": 512, "resize": 640}}
 def test_bad_files_are_skipped_and_reported(small_scene, tmp_path):
     summary = run_pipeline(small_scene, tmp_path / "out", load_config(overrides=FAST))
     assert summary.counts["registered_images"] == 4
+    # the consistency check of mapping.json reaches the run's counts (a sound synthetic model)
+    assert summary.counts["model_consistent"] is True
+    assert summary.counts["explained_matches"] > 0.8
     assert list(summary.unreadable_images) == ["corrupt.jpg"]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert "corrupt.jpg" in run["unreadable_images"]

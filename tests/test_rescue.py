@@ -9,7 +9,7 @@ from reconstruct.evaluation import relative_pose_errors
 from reconstruct.export import read_all_poses
 from reconstruct.gt import read_cameras_txt
 from reconstruct.pipeline import run_pipeline
-from reconstruct.rescue import RescueConfig, _rank
+from reconstruct.rescue import RescueConfig
 from reconstruct.settings import load_config
 from reconstruct.storage import FeaturesReader, MatchesReader, read_pairs
 from reconstruct.synthetic import SceneConfig, make_scene
@@ -93,12 +93,3 @@ def test_nothing_to_rescue_when_every_image_registers(tmp_path, synthetic_scene)
 def test_config_validation():
     with pytest.raises(ValueError, match="keypoints_factor"):
         RescueConfig(keypoints_factor=1)
-
-
-def test_a_model_contradicting_its_matches_ranks_below_any_that_does_not():
-    """The rescue keeps its models only if they rank higher: a largest model the consistency
-    check flags loses to a smaller one it does not flag; among equals, size, then fewer models."""
-    assert _rank([5, 3], True) > _rank([16], False)
-    assert _rank([16], True) > _rank([15], True)
-    assert _rank([8], True) > _rank([8, 2], True)
-    assert _rank([16], False) > _rank([15], False)
