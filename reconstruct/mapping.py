@@ -605,6 +605,23 @@ def drop_duplicate_models(models: list) -> tuple[list, list[dict]]:
     return kept, dropped
 
 
+def _read_two_view(database_path: Path, *, geometries: bool) -> tuple[dict[int, str], list, list]:
+    """(image id -> name, pair ids, and per pair its TwoViewGeometry if `geometries`, else its
+    number of inliers) of the verified pairs of a COLMAP database."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database_path))
+    try:
+        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
+        if geometries:
+            pair_ids, values = db.read_two_view_geometries()
+        else:
+            pair_ids, values = db.read_two_view_geometry_num_inliers()
+    finally:
+        db.close()
+    return id_to_name, list(pair_ids), list(values)
+
+
 def diagnose_split(database_path: Path, models: list, names: list[str], config) -> dict | None:
     """Why the scene did not map into one model of every image, as far as the verified pairs
     tell (None when it did): the verified pairs joining the models, and for images left out
@@ -619,12 +636,7 @@ def diagnose_split(database_path: Path, models: list, names: list[str], config) 
     unregistered = sorted(set(names) - set(model_of))
     if len(models) <= 1 and not unregistered:
         return None
-    db = pycolmap.Database.open(str(database_path))
-    try:
-        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
-        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
-    finally:
-        db.close()
+    id_to_name, pair_ids, inliers = _read_two_view(database_path, geometries=False)
     links: dict[tuple[int, int], list[int]] = {}
     best_for: dict[str, int] = {}
     for pair_id, count in zip(pair_ids, inliers, strict=True):
@@ -720,12 +732,7 @@ def check_consistency(
             ids[im.name] = np.array(
                 [p.point3D_id if p.has_point3D() else -1 for p in im.points2D], np.int64
             )
-    db = pycolmap.Database.open(str(database_path))
-    try:
-        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
-        pair_ids, geometries = db.read_two_view_geometries()
-    finally:
-        db.close()
+    id_to_name, pair_ids, geometries = _read_two_view(database_path, geometries=True)
     shares = []
     for pair_id, geometry in zip(pair_ids, geometries, strict=True):
         inliers = np.asarray(geometry.inlier_matches).reshape(-1, 2)

@@ -98,3 +98,27 @@ def staged_run(synthetic_scene, tmp_path_factory):
     ):
         assert main(argv) == 0, argv
     return out, synthetic_scene
+
+
+@pytest.fixture()
+def make_summary(tmp_path):
+    """A `pipeline.RunSummary` of a run into `tmp_path`, from hand-made counts (and rescue)."""
+    from reconstruct import paths
+    from reconstruct.pipeline import RunSummary
+
+    def make(counts: dict, rescue: dict | None = None) -> RunSummary:
+        return RunSummary(
+            image_dir="imgs",
+            output_dir=str(tmp_path),
+            config={},
+            config_hash="x",
+            versions={},
+            timings={"total": 1.0},
+            counts=counts,
+            unreadable_images={},
+            models=[{}],
+            model_dir=str(tmp_path / paths.MODEL),
+            rescue=rescue,
+        )
+
+    return make

@@ -378,22 +378,9 @@ def test_text_upload_and_pick_file(tmp_path):
             uploads.pick_file(tmp_path, bad)
 
 
-def test_a_full_run_message_carries_the_summary_warnings(tmp_path):
-    from reconstruct.pipeline import RunSummary
-
+def test_a_full_run_message_carries_the_summary_warnings(make_summary):
     def summary(**counts):
-        return RunSummary(
-            image_dir="imgs",
-            output_dir=str(tmp_path),
-            config={},
-            config_hash="x",
-            versions={},
-            timings={"total": 1.0},
-            counts={"images": 16, "pairs": 120, "matches": 900, **counts},
-            unreadable_images={},
-            models=[{}],
-            model_dir=str(tmp_path / "model"),
-        )
+        return make_summary({"images": 16, "pairs": 120, "matches": 900, **counts})
 
     # a sound run: one line, no warning
     assert state.summary_message(summary(registered_images=16)).splitlines() == [

@@ -11,7 +11,6 @@ import pytest
 
 from reconstruct import __version__, paths
 from reconstruct.cli import build_parser, main
-from reconstruct.pipeline import RunSummary
 
 CLI = [sys.executable, "-m", "reconstruct.cli"]
 
@@ -92,39 +91,17 @@ def test_preset_by_name_works_from_any_folder(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["keypoints"]["max_keypoints"] == 512
 
 
-def test_summary_names_model_points_and_run_json(tmp_path):
-    summary = RunSummary(
-        image_dir="imgs",
-        output_dir=str(tmp_path),
-        config={},
-        config_hash="x",
-        versions={},
-        timings={"total": 1.0},
-        counts={"images": 2, "pairs": 1, "matches": 10},
-        unreadable_images={},
-        models=[{}],
-        model_dir=str(tmp_path / paths.MODEL),
-    )
+def test_summary_names_model_points_and_run_json(tmp_path, make_summary):
+    summary = make_summary({"images": 2, "pairs": 1, "matches": 10})
     text = summary.format()
     for name in (paths.MODEL, paths.PLY, paths.RUN_SUMMARY):
         assert str(tmp_path / name) in text, text
     assert "poses are likely wrong" not in text
 
 
-def test_summary_warns_of_a_model_contradicting_its_matches(tmp_path):
+def test_summary_warns_of_a_model_contradicting_its_matches(make_summary):
     counts = {"images": 2, "pairs": 1, "matches": 10}
-    summary = RunSummary(
-        image_dir="imgs",
-        output_dir=str(tmp_path),
-        config={},
-        config_hash="x",
-        versions={},
-        timings={"total": 1.0},
-        counts={**counts, "explained_matches": 0.187, "model_consistent": False},
-        unreadable_images={},
-        models=[{}],
-        model_dir=str(tmp_path / paths.MODEL),
-    )
+    summary = make_summary({**counts, "explained_matches": 0.187, "model_consistent": False})
     text = summary.format()
     assert "explains only 19% of the verified matches" in text and "likely wrong" in text
     summary.counts.update(explained_matches=0.9, model_consistent=True)
@@ -211,7 +188,7 @@ def test_python_dash_m_reconstruct_is_the_cli():
     assert done.stdout.strip() == f"reconstruct {__version__}"
 
 
-def test_summary_says_why_a_smaller_rescued_model_was_kept(tmp_path):
+def test_summary_says_why_a_smaller_rescued_model_was_kept(make_summary):
     rescue = {
         "images": ["a.jpg"],
         "max_keypoints": 2048,
@@ -220,19 +197,7 @@ def test_summary_says_why_a_smaller_rescued_model_was_kept(tmp_path):
         "after": {"largest": 5, "models": 5, "consistent": True},
         "kept": True,
     }
-    summary = RunSummary(
-        image_dir="imgs",
-        output_dir=str(tmp_path),
-        config={},
-        config_hash="x",
-        versions={},
-        timings={"total": 1.0},
-        counts={"images": 16, "pairs": 120, "matches": 900},
-        unreadable_images={},
-        models=[{}],
-        model_dir=str(tmp_path / paths.MODEL),
-        rescue=rescue,
-    )
+    summary = make_summary({"images": 16, "pairs": 120, "matches": 900}, rescue)
     assert "6 -> 5 images, kept (the previous largest model contradicted its matches)." in (
         summary.format()
     )
