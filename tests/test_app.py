@@ -397,3 +397,31 @@ def test_a_full_run_message_carries_the_summary_warnings(make_summary):
     assert lines[0].startswith("Registered 16 of 16 images")
     assert lines[1] == "Not one model: no verified pair joins model 1 to another model."
     assert lines[2].startswith("Warning: the model explains only 19%") and len(lines) == 3
+
+
+@pytest.mark.parametrize("consistent", [True, False])
+def test_the_mapping_stage_alone_warns_of_a_model_contradicting_its_matches(
+    tmp_path, monkeypatch, consistent
+):
+    """The page runs the mapping stage with the library's `run_mapping` (replaced here by one
+    that writes only the summary of a flagged or a sound model)."""
+    import reconstruct.mapping
+    from reconstruct import paths
+    from reconstruct.settings import PipelineConfig
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (paths.FEATURES, paths.PAIRS, paths.MATCHES):
+        (out / name).write_bytes(b"")
+
+    def fake_run_mapping(image_dir, features, matches, output_dir, config, pairs_path=None):
+        sparse = Path(output_dir) / paths.SPARSE
+        sparse.mkdir()
+        report = {"pairs": 10, "median_explained": 0.1, "consistent": consistent}
+        (sparse / paths.MAPPING_SUMMARY).write_text(json.dumps({"consistency": report}))
+        return sparse
+
+    monkeypatch.setattr(reconstruct.mapping, "run_mapping", fake_run_mapping)
+    message = state.run_stage("mapping", tmp_path, out, PipelineConfig())
+    assert message.splitlines()[0] == "mapping done"
+    assert ("contradicts its own matches" in message) is not consistent
