@@ -579,14 +579,24 @@ def is_better(new: Outcome, old: Outcome) -> bool:
     return (new.largest, -new.models) > (old.largest, -old.models)
 
 
-def model_is_consistent(sparse_dir: Path) -> bool:
-    """What `check_consistency` said of model 0 of `sparse_dir` (mapping.json); True when it
-    could not judge (no verified pair of registered images, or an older mapping.json)."""
+def read_consistency(sparse_dir: Path) -> dict | None:
+    """`check_consistency`'s report on model 0 of `sparse_dir`, from its mapping.json (None if
+    there is none: no verified pair of registered images, or no or an older mapping.json)."""
     try:
         summary = json.loads((Path(sparse_dir) / paths.MAPPING_SUMMARY).read_text())
     except (OSError, ValueError):
-        return True
-    return bool((summary.get("consistency") or {}).get("consistent", True))
+        return None
+    return summary.get("consistency")
+
+
+def is_consistent(report: dict | None) -> bool:
+    """The verdict of a `check_consistency` report; True when it could not judge (None)."""
+    return bool((report or {}).get("consistent", True))
+
+
+def model_is_consistent(sparse_dir: Path) -> bool:
+    """What `check_consistency` said of model 0 of `sparse_dir` (`read_consistency`)."""
+    return is_consistent(read_consistency(sparse_dir))
 
 
 def drop_duplicate_models(models: list) -> tuple[list, list[dict]]:
@@ -771,11 +781,7 @@ def _log_contradiction(report: dict | None) -> None:
 def warn_if_contradicted(sparse_dir: Path) -> None:
     """Log `check_consistency`'s warning for model 0 of `sparse_dir` if it was flagged: for a
     result mapped with ``warn=False`` (a trial) once it has been kept."""
-    try:
-        summary = json.loads((Path(sparse_dir) / paths.MAPPING_SUMMARY).read_text())
-    except (OSError, ValueError):
-        return
-    _log_contradiction(summary.get("consistency"))
+    _log_contradiction(read_consistency(sparse_dir))
 
 
 FOCAL_OUTLIER_FACTOR = 1.6
@@ -1227,8 +1233,7 @@ def _is_consistent(database_path: Path, models: list, min_inliers: int) -> bool:
     judge (as `model_is_consistent`)."""
     if not models:
         return False
-    report = check_consistency(database_path, models[0], min_inliers, warn=False)
-    return bool(report["consistent"]) if report else True
+    return is_consistent(check_consistency(database_path, models[0], min_inliers, warn=False))
 
 
 def _publish_models(models: list, tmp_dir: Path, sparse_dir: Path, summary: dict) -> None:
@@ -1268,7 +1273,6 @@ def _fall_back_without_prior(
         "without_prior": dataclasses.asdict(without_prior),
         "kept": "without_prior" if keep else "with_prior",
     }
-
     logger.warning(
         "Known intrinsics: largest model %s; without them %s; keeping the result %s them",
         with_prior.describe(),

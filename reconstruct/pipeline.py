@@ -26,7 +26,7 @@ from .errors import StorageError
 from .export import export_model, model_dirs, model_statistics
 from .images import check_any_readable, list_images
 from .keypoints import extract_keypoints
-from .mapping import run_mapping
+from .mapping import is_consistent, run_mapping
 from .matching import match_pairs
 from .orientation import (
     OrientationConfig,
@@ -139,9 +139,9 @@ class RunSummary:
         self.counts["split_reasons"] = (mapping.get("split") or {}).get("reasons", [])
         self.counts["focal_outliers"] = len(mapping.get("focal_outliers") or [])
         # how much of the verified matches the model explains (mapping.check_consistency)
-        consistency = mapping.get("consistency") or {}
-        self.counts["explained_matches"] = consistency.get("median_explained")
-        self.counts["model_consistent"] = consistency.get("consistent", True)
+        consistency = mapping.get("consistency")
+        self.counts["explained_matches"] = (consistency or {}).get("median_explained")
+        self.counts["model_consistent"] = is_consistent(consistency)
 
 
 def start_summary(

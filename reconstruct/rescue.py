@@ -88,6 +88,13 @@ def registered_in_largest(sparse_dir: Path) -> tuple[set[str], list[int]]:
     return (set(poses[0]) if poses else set()), [len(p) for p in poses]
 
 
+def _outcome(sizes: list[int], sparse_dir: Path) -> dict[str, Any]:
+    """The `mapping.Outcome` of the models of `sparse_dir` (registered images `sizes`, largest
+    first), as recorded in rescue.json."""
+    largest = sizes[0] if sizes else 0
+    return dataclasses.asdict(Outcome(largest, len(sizes), model_is_consistent(sparse_dir)))
+
+
 def rescue_weak_images(
     image_dir: Path,
     output_dir: Path,
@@ -157,11 +164,7 @@ def rescue_weak_images(
         "images": weak,
         "max_keypoints": dense.max_keypoints,
         "pairs_matched_again": len(weak_pairs),
-        "before": {
-            "largest": before[0] if before else 0,
-            "models": len(before),
-            "consistent": model_is_consistent(sparse_dir),
-        },
+        "before": _outcome(before, sparse_dir),
     }
     try:
         new_sparse = run_mapping(
@@ -171,12 +174,7 @@ def rescue_weak_images(
     except MappingError as e:  # a failed rescue keeps the run's own models
         record.update(after=None, kept=False, error=str(e).splitlines()[0])
     else:
-        _, after = registered_in_largest(new_sparse)
-        record["after"] = {
-            "largest": after[0] if after else 0,
-            "models": len(after),
-            "consistent": model_is_consistent(new_sparse),
-        }
+        record["after"] = _outcome(registered_in_largest(new_sparse)[1], new_sparse)
         record["kept"] = is_better(Outcome(**record["after"]), Outcome(**record["before"]))
         if record["kept"]:
             paths.replace_dir(new_sparse, sparse_dir)

@@ -29,9 +29,7 @@ def main() -> int:
     gt = read_cameras_txt(args.gt)
     rec = pycolmap.Reconstruction(str(args.model))
     projection = {
-        n: np.array([[c.fx, 0, c.cx], [0, c.fy, c.cy], [0, 0, 1]])
-        @ np.hstack([c.rotation, np.reshape(c.translation, (3, 1))])
-        for n, c in gt.items()
+        n: c.K @ np.hstack([c.rotation, np.reshape(c.translation, (3, 1))]) for n, c in gt.items()
     }
     residuals, radii = [], []
     for point in rec.points3D.values():

@@ -25,16 +25,12 @@ from reconstruct.storage import FeaturesReader
 MAX_EPIPOLAR_PX = 3.0
 
 
-def _intrinsics(c) -> np.ndarray:
-    return np.array([[c.fx, 0, c.cx], [0, c.fy, c.cy], [0, 0, 1]])
-
-
 def _fundamental(ca, cb) -> np.ndarray:
     """F with x_b^T F x_a = 0 for the world-to-camera poses of `ca` and `cb`."""
     rotation = cb.rotation @ ca.rotation.T
     t = np.ravel(cb.translation) - rotation @ np.ravel(ca.translation)
     skew = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    return np.linalg.inv(_intrinsics(cb)).T @ skew @ rotation @ np.linalg.inv(_intrinsics(ca))
+    return np.linalg.inv(cb.K).T @ skew @ rotation @ np.linalg.inv(ca.K)
 
 
 def main() -> int:
