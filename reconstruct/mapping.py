@@ -599,6 +599,15 @@ def model_is_consistent(sparse_dir: Path) -> bool:
     return is_consistent(read_consistency(sparse_dir))
 
 
+def contradiction_warning(median_explained: float) -> str:
+    """The one line users read (run summary, app) about a model `check_consistency` flagged."""
+    return (
+        f"Warning: the model explains only {100 * median_explained:.0f}% of the verified "
+        "matches between its images (median over pairs; correct models 78-98%): its poses are "
+        f"likely wrong. See {paths.MAPPING_SUMMARY} (consistency)."
+    )
+
+
 def drop_duplicate_models(models: list) -> tuple[list, list[dict]]:
     """Drop models whose registered images are all registered in a larger model (COLMAP's
     mapper can start a new model from images it already placed): they add nothing. Returns the

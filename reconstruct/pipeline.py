@@ -26,7 +26,7 @@ from .errors import StorageError
 from .export import export_model, model_dirs, model_statistics
 from .images import check_any_readable, list_images
 from .keypoints import extract_keypoints
-from .mapping import is_consistent, run_mapping
+from .mapping import contradiction_warning, is_consistent, run_mapping
 from .matching import match_pairs
 from .orientation import (
     OrientationConfig,
@@ -111,11 +111,7 @@ class RunSummary:
                 f"{paths.MAPPING_SUMMARY} (focal_outliers)."
             )
         if c.get("explained_matches") is not None and not c.get("model_consistent", True):
-            lines.append(
-                f"Warning: the model explains only {100 * c['explained_matches']:.0f}% of the "
-                "verified matches between its images (median over pairs; correct models "
-                f"78-98%): its poses are likely wrong. See {paths.MAPPING_SUMMARY} (consistency)."
-            )
+            lines.append(contradiction_warning(c["explained_matches"]))
         if self.unreadable_images:
             lines.append(
                 f"Skipped {len(self.unreadable_images)} unreadable images: "

@@ -126,7 +126,7 @@ def run_stage(stage: str, image_dir: Path | None, output_dir: Path, config) -> s
     """Run one stage (or "all") with the library function the CLI calls; returns a message."""
     from ..export import export_model
     from ..keypoints import extract_keypoints
-    from ..mapping import model_is_consistent, run_mapping
+    from ..mapping import contradiction_warning, is_consistent, read_consistency, run_mapping
     from ..matching import match_pairs
     from ..pairs import select_pairs
     from ..pipeline import run_pipeline
@@ -147,11 +147,9 @@ def run_stage(stage: str, image_dir: Path | None, output_dir: Path, config) -> s
         match_pairs(p, f, out, config.matching, device="cpu")
     elif stage == "mapping":
         sparse = run_mapping(image_dir, f, m, out, config.mapping, pairs_path=p)
-        if not model_is_consistent(sparse):  # as a full run's summary warns
-            return (
-                f"{stage} done\nWarning: the model contradicts its own matches: its poses are "
-                f"likely wrong. See {paths.MAPPING_SUMMARY} (consistency)."
-            )
+        report = read_consistency(sparse)
+        if not is_consistent(report):  # the line a full run's summary shows
+            return f"{stage} done\n{contradiction_warning(report['median_explained'])}"
     elif stage == "export":
         export_model(out / paths.SPARSE, out, config.export)
     return f"{stage} done"
