@@ -25,12 +25,18 @@ T = TypeVar("T")
 
 
 def option(
-    default: Any, help: str, *, hashed: bool = True, used_when: tuple[str, ...] | None = None
+    default: Any,
+    help: str,
+    *,
+    hashed: bool | Literal["unless_default"] = True,
+    used_when: tuple[str, ...] | None = None,
 ) -> Any:
     """Declare a config field with its default and a one-line help text.
 
     `hashed=False` marks fields that do not change results (device, workers, progress), so
-    changing them never invalidates files on disk. `used_when=("extractor", "sift")` marks a
+    changing them never invalidates files on disk. `hashed="unless_default"`: hashed only when
+    set to another value than `default` (an option added later whose default reproduces the
+    files made before it existed, which stay valid). `used_when=("extractor", "sift")` marks a
     backend setting: it is hashed only while the sibling field ``extractor`` is one of the
     listed values.
     """
@@ -45,6 +51,11 @@ def backend_settings(factory: Any, field: str, *values: str) -> Any:
     return dataclasses.field(default_factory=factory, metadata={"used_when": (field, *values)})
 
 
+def _is_hashed(f: dataclasses.Field, value: Any) -> bool:
+    hashed = f.metadata.get("hashed", True)
+    return value != f.default if hashed == "unless_default" else bool(hashed)
+
+
 def _in_use(config: Any, f: dataclasses.Field) -> bool:
     used_when = f.metadata.get("used_when")
     return used_when is None or getattr(config, used_when[0]) in used_when[1:]
@@ -54,9 +65,9 @@ def to_dict(config: Any, *, hashed_only: bool = False) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
-        if hashed_only and not (f.metadata.get("hashed", True) and _in_use(config, f)):
-            continue
         value = getattr(config, f.name)
+        if hashed_only and not (_is_hashed(f, value) and _in_use(config, f)):
+            continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value, hashed_only=hashed_only)
         elif isinstance(value, Path):

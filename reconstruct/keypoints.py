@@ -64,6 +64,14 @@ class KeypointsConfig:
     sift_contrast_threshold: float = option(
         0.02, "OpenCV SIFT contrastThreshold", used_when=("extractor", "sift")
     )
+    contrast: Literal["none", "clahe"] = option(
+        "none",
+        "clahe: equalise the lightness locally before detection (OpenCV's contrast-limited "
+        "adaptive histogram equalisation, `enhance_contrast`), which lifts faint texture on "
+        "untextured objects; the rescue tries it when the model contradicts its matches or "
+        "leaves images out",
+        hashed="unless_default",
+    )
     mask_dir: Path | None = option(
         None, "masks named like the images plus .png (COLMAP); keypoints on zero pixels dropped"
     )
@@ -90,6 +98,28 @@ class KeypointsConfig:
             raise ValueError(f"resize must be at least 32 px or None, got {self.resize}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be 0 (auto) or positive, got {self.jobs}")
+
+
+# ----------------------------------------------------------------------------- image helpers
+
+CLAHE_CLIP_LIMIT = 3.0
+CLAHE_TILES = 8
+"""`enhance_contrast`'s settings: OpenCV's clip limit and an 8x8 grid of tiles, so the
+equalisation adapts to regions of an eighth of the image whatever its resolution."""
+
+
+def enhance_contrast(image: np.ndarray) -> np.ndarray:
+    """`image` (uint8, RGB or grey) with its lightness equalised locally by OpenCV's CLAHE
+    (L of CIE Lab for colour, so hues are kept). The clip limit bounds how much noise of flat
+    regions is amplified."""
+    import cv2
+
+    clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=(CLAHE_TILES, CLAHE_TILES))
+    if image.ndim == 2:
+        return clahe.apply(image)
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -415,6 +445,8 @@ def extract_item(
         return _empty_features(), {"error": image.reason, "image_size": (0, 0)}
     h, w = image.shape[:2]
     k = rotation % 4
+    if config.contrast == "clahe":
+        image = enhance_contrast(image)
     feats = extract_image(extractor, image, config.resize, k)
     if config.mask_dir is not None:
         feats = filter_by_mask(feats, load_mask(config.mask_dir, name, image.shape))

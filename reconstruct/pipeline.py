@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__, paths
 from .accel import performance_summary
 from .config import config_hash, to_dict
-from .errors import StorageError
+from .errors import MappingError, StorageError
 from .export import export_model, model_dirs, model_statistics
 from .images import check_any_readable, list_images
 from .keypoints import extract_keypoints
@@ -35,7 +35,7 @@ from .orientation import (
     turns_before_extraction,
 )
 from .pairs import check_models, needs_global_descriptors, select_pairs
-from .rescue import rescue_weak_images
+from .rescue import rescue_low_contrast, rescue_weak_images
 from .settings import PipelineConfig
 from .storage import (
     FeaturesReader,
@@ -58,6 +58,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _rescue_outcome(record: dict[str, Any]) -> str:
+    """'largest model A -> B images, kept (why).' for a rescue's record."""
+    before, after = record["before"], record.get("after") or {}
+    why = ""
+    if record["kept"] and not before.get("consistent", True) and after.get("consistent"):
+        why = " (the previous largest model contradicted its matches)"
+    flagged = "" if after.get("consistent", True) else " (contradicting its matches)"
+    return (
+        f"largest model {before['largest']} -> {after.get('largest', 'failed')} images"
+        f"{flagged}, {'kept' if record['kept'] else 'not kept'}{why}."
+    )
+
+
 @dataclass
 class RunSummary:
     """What a run produced; written to run.json."""
@@ -76,6 +89,8 @@ class RunSummary:
     performance: dict[str, Any] = dataclasses.field(default_factory=dict)
     # the rescue of images left out of the largest model (rescue.rescue_weak_images), if tried
     rescue: dict[str, Any] | None = None
+    # the contrast rescue of a failed scene (rescue.rescue_low_contrast), if tried
+    contrast_rescue: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,15 +108,17 @@ class RunSummary:
             + ").",
         ]
         if self.rescue:
-            r, after = self.rescue, self.rescue.get("after") or {}
-            why = ""
-            if r["kept"] and not r["before"].get("consistent", True) and after.get("consistent"):
-                why = " (the previous largest model contradicted its matches)"
+            r = self.rescue
             lines.append(
                 f"Rescue: {len(r['images'])} image(s) left out extracted again with "
                 f"{r['max_keypoints']} keypoints, {r['pairs_matched_again']} pairs matched again; "
-                f"largest model {r['before']['largest']} -> {after.get('largest', 'failed')} "
-                f"images, {'kept' if r['kept'] else 'not kept'}{why}."
+                + _rescue_outcome(r)
+            )
+        if self.contrast_rescue:
+            r = self.contrast_rescue
+            lines.append(
+                f"Contrast rescue: all {r['images']} images extracted again with "
+                f"keypoints.contrast={r['keypoints_contrast']}; " + _rescue_outcome(r)
             )
         for reason in c.get("split_reasons") or []:
             lines.append(f"Not one model: {reason}.")
@@ -136,7 +153,7 @@ class RunSummary:
         self.counts["focal_outliers"] = len(mapping.get("focal_outliers") or [])
         # how much of the verified matches the model explains (mapping.check_consistency)
         consistency = mapping.get("consistency")
-        self.counts["explained_matches"] = (consistency or {}).get("median_explained")
+        self.counts["explained_matches"] = (consistency or {}).get("explained")
         self.counts["model_consistent"] = is_consistent(consistency)
 
 
@@ -283,19 +300,31 @@ def run_pipeline(
     files = {"features": features, "pairs": pairs, "matches": matches, "rotations": rotations}
     summary = start_summary(image_dir, output_dir, config, timings, names, files)
     try:
+        failure: MappingError | None = None
         with timings.stage("mapping"):
-            sparse = run_mapping(
-                image_dir, features, matches, output_dir, config.mapping, pairs_path=pairs
-            )
+            try:
+                sparse = run_mapping(
+                    image_dir, features, matches, output_dir, config.mapping, pairs_path=pairs
+                )
+            except MappingError as e:  # no model at all: the contrast rescue may still build one
+                failure, sparse = e, output_dir / paths.SPARSE
+        rescue = {
+            "keypoints": config.keypoints, "matching": config.matching,
+            "mapping": config.mapping, "config": config.rescue,
+            "rotations": read_rotations(rotations), "executor": executor, **run,
+        }  # fmt: skip
         with timings.stage("rescue"):
-            summary.rescue = rescue_weak_images(
-                image_dir, output_dir, features, matches, pairs, sparse,
-                keypoints=config.keypoints, matching=config.matching, mapping=config.mapping,
-                config=config.rescue, rotations=read_rotations(rotations), executor=executor,
-                **run,
-            )  # fmt: skip
-        if summary.rescue is None:  # a stage in the timings only when it ran
-            timings.pop("rescue")
+            if failure is None:
+                summary.rescue = rescue_weak_images(
+                    image_dir, output_dir, features, matches, pairs, sparse, **rescue
+                )
+            summary.contrast_rescue = rescue_low_contrast(
+                image_dir, output_dir, features, pairs, None if failure else sparse, **rescue
+            )
+        if failure is not None and not (summary.contrast_rescue or {}).get("kept"):
+            raise failure
+        if summary.rescue is None and summary.contrast_rescue is None:
+            timings.pop("rescue")  # a stage in the timings only when it ran
         with timings.stage("export"):
             model_dir = export_model(sparse, output_dir, config.export)
         summary.add_models(sparse, model_dir)

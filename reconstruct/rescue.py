@@ -19,6 +19,13 @@ bounded cost, in its own folder ``rescue/``:
 Extra cost: one extraction of the left-out images, and their pairs matched with one side
 `keypoints_factor` times denser (LightGlue's cost grows with both sides' keypoints), at most
 once per run. ``rescue/rescue.json`` records what was tried and kept; ``run.json`` has it too.
+
+Faint texture: when the scene failed outright (the largest model `mapping.check_consistency`
+flags, or one holding fewer than half of the images), `rescue_low_contrast` extracts every
+image again with local contrast enhancement (``keypoints.contrast=clahe``), matches the run's
+pairs again and maps once more in ``rescue/contrast/``, keeping the better result
+(`mapping.is_better`). Extra cost: at most one more extraction, matching and mapping, only on
+scenes that failed; ``rescue/contrast/contrast.json`` and ``run.json`` record it.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from .mapping import (
     MappingConfig,
     Outcome,
     is_better,
+    is_consistent,
     model_is_consistent,
+    read_consistency,
     run_mapping,
     warn_if_contradicted,
 )
@@ -59,19 +68,31 @@ logger = logging.getLogger(__name__)
 RESCUE_DIR = "rescue"
 DENSE_DIR = "dense"
 RESCUE_SUMMARY = "rescue.json"
+CONTRAST_DIR = "contrast"
+CONTRAST_SUMMARY = "contrast.json"
 
 
 @dataclass(frozen=True, kw_only=True)
 class RescueConfig:
-    """Settings of the rescue of images left out of the largest model (`rescue.*`)."""
+    """Settings of the rescues of weak scenes (`rescue.*`)."""
 
-    enabled: bool = option(
+    enabled: bool = option(True, "the rescues below (dense, contrast); false: none")
+    # `dense` and `contrast` choose which rescues run, not what their files hold: not hashed
+    dense: bool = option(
         True,
         "if images are left out of the largest model: extract them again with denser keypoints, "
         "match their pairs again and map once more, keeping the better result",
+        hashed=False,
     )
     keypoints_factor: int = option(
         2, "the re-extracted images get keypoints.max_keypoints times this"
+    )
+    contrast: bool = option(
+        True,
+        "if the scene failed (the largest model contradicts its matches or holds fewer than "
+        "half of the images): extract every image again with keypoints.contrast=clahe, match "
+        "and map once more, keeping the better result",
+        hashed=False,
     )
 
     def __post_init__(self) -> None:
@@ -92,7 +113,9 @@ def _outcome(sizes: list[int], sparse_dir: Path) -> dict[str, Any]:
     """The `mapping.Outcome` of the models of `sparse_dir` (registered images `sizes`, largest
     first), as recorded in rescue.json."""
     largest = sizes[0] if sizes else 0
-    return dataclasses.asdict(Outcome(largest, len(sizes), model_is_consistent(sparse_dir)))
+    report = read_consistency(sparse_dir)
+    explained = int((report or {}).get("explained_inliers", 0))
+    return dataclasses.asdict(Outcome(largest, len(sizes), is_consistent(report), explained))
 
 
 def rescue_weak_images(
@@ -117,7 +140,7 @@ def rescue_weak_images(
     Returns the record of what was done (also ``rescue/rescue.json``), or None when there was
     nothing to rescue (every readable image in model 0, rescue disabled, or features that
     cannot be made denser)."""
-    if not config.enabled:
+    if not (config.enabled and config.dense):
         return None
     if keypoints.extractor == "dinov2_patch":
         logger.info("Rescue skipped: the patch extractor has a fixed grid, not a keypoint budget")
@@ -181,6 +204,81 @@ def rescue_weak_images(
             warn_if_contradicted(sparse_dir)
     logger.info("Rescue: %s", {k: v for k, v in record.items() if k != "images"})
     atomic_write_json(rescue_dir / RESCUE_SUMMARY, record)
+    return record
+
+
+def rescue_low_contrast(
+    image_dir: Path,
+    output_dir: Path,
+    features_path: Path,
+    pairs_path: Path,
+    sparse_dir: Path | None,
+    *,
+    keypoints: KeypointsConfig,
+    matching: MatchingConfig,
+    mapping: MappingConfig,
+    config: RescueConfig = RescueConfig(),
+    rotations: dict[str, int] | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    executor=None,
+) -> dict[str, Any] | None:
+    """If the scene failed (model 0 of `sparse_dir` contradicts its matches, or holds fewer
+    than half of the readable images; `sparse_dir` None: mapping built no model at all),
+    extract every image again with local contrast enhancement, match the pairs of `pairs_path`
+    again and map again; the new models replace ``output_dir/sparse`` if they rank higher.
+    Returns the record (also ``rescue/contrast/contrast.json``), or None when it did not
+    run."""
+    if not (config.enabled and config.contrast) or keypoints.contrast != "none":
+        return None
+    if keypoints.extractor == "dinov2_patch":
+        return None  # patch centres on a grid: nothing for the contrast to change
+    with FeaturesReader(features_path) as reader:
+        readable = reader.names()
+    if sparse_dir is None:
+        registered, before, consistent = set(), [], False
+    else:
+        registered, before = registered_in_largest(sparse_dir)
+        consistent = model_is_consistent(sparse_dir)
+    if consistent and 2 * len(registered) >= len(readable):
+        return None
+    folder = Path(output_dir) / RESCUE_DIR / CONTRAST_DIR
+    enhanced = dataclasses.replace(keypoints, contrast="clahe")
+    logger.info(
+        "Rescue: the largest model %s; extracting all %d images again with local contrast "
+        "enhancement (keypoints.contrast=clahe) and matching the pairs again",
+        "contradicts its matches"
+        if registered and not consistent
+        else f"holds {len(registered)} images",
+        len(readable),
+    )
+    run = {"device": device, "overwrite": overwrite, "executor": executor}
+    features = extract_keypoints(
+        image_dir, folder, enhanced, image_names=readable, rotations=rotations, **run
+    )
+    matches = match_pairs(pairs_path, features, folder, matching, **run)
+    record: dict[str, Any] = {
+        "keypoints_contrast": enhanced.contrast,
+        "images": len(readable),
+        "before": _outcome(before, sparse_dir)
+        if sparse_dir
+        else dataclasses.asdict(Outcome(0, 0, False)),
+    }
+    try:
+        new_sparse = run_mapping(
+            image_dir, features, matches, folder, mapping, pairs_path=pairs_path, warn=False
+        )
+    except MappingError as e:  # a failed rescue keeps the run's own models
+        record.update(after=None, kept=False, error=str(e).splitlines()[0])
+    else:
+        record["after"] = _outcome(registered_in_largest(new_sparse)[1], new_sparse)
+        record["kept"] = is_better(Outcome(**record["after"]), Outcome(**record["before"]))
+        if record["kept"]:
+            target = Path(output_dir) / paths.SPARSE
+            paths.replace_dir(new_sparse, target)
+            warn_if_contradicted(target)
+    logger.info("Contrast rescue: %s", record)
+    atomic_write_json(folder / CONTRAST_SUMMARY, record)
     return record
 
 

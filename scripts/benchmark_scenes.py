@@ -136,7 +136,7 @@ def score(sparse: Path, gt: Path | None, num_images: int) -> dict:
     summary = sparse / paths.MAPPING_SUMMARY  # ours only: the check of mapping.check_consistency
     if summary.is_file():
         consistency = json.loads(summary.read_text()).get("consistency") or {}
-        row["explained"] = consistency.get("median_explained")
+        row["explained"] = consistency.get("explained")
     return row
 
 

@@ -417,7 +417,7 @@ def test_the_mapping_stage_alone_warns_of_a_model_contradicting_its_matches(
     def fake_run_mapping(image_dir, features, matches, output_dir, config, pairs_path=None):
         sparse = Path(output_dir) / paths.SPARSE
         sparse.mkdir()
-        report = {"pairs": 10, "median_explained": 0.1, "consistent": consistent}
+        report = {"pairs": 10, "explained": 0.1, "consistent": consistent}
         (sparse / paths.MAPPING_SUMMARY).write_text(json.dumps({"consistency": report}))
         return sparse
 

@@ -103,7 +103,7 @@ def test_summary_warns_of_a_model_contradicting_its_matches(make_summary):
     counts = {"images": 2, "pairs": 1, "matches": 10}
     summary = make_summary({**counts, "explained_matches": 0.187, "model_consistent": False})
     text = summary.format()
-    assert "explains only 19% of the verified matches" in text and "likely wrong" in text
+    assert "explains only 19% of the verified inlier matches" in text and "likely wrong" in text
     summary.counts.update(explained_matches=0.9, model_consistent=True)
     assert "likely wrong" not in summary.format()
 

@@ -8,6 +8,7 @@ from reconstruct.config import (
     coerce,
     config_hash,
     load_yaml,
+    option,
     override,
     parse_set,
     to_dict,
@@ -60,6 +61,26 @@ def test_hash_ignores_unhashed_fields_only():
     assert config_hash(a) == config_hash(KeypointsConfig(workers=4))
     assert config_hash(a) != config_hash(KeypointsConfig(max_keypoints=1000))
     assert "workers" not in to_dict(a, hashed_only=True)
+
+
+def test_an_unless_default_field_is_hashed_only_when_set():
+    @dataclasses.dataclass(frozen=True)
+    class Before:
+        size: int = option(1, "a setting")
+
+    @dataclasses.dataclass(frozen=True)
+    class After:  # the same settings plus an option added later
+        size: int = option(1, "a setting")
+        extra: str = option("none", "added later", hashed="unless_default")
+
+    # files made before the option existed keep their hash; setting it changes the hash
+    assert config_hash(After()) == config_hash(Before())
+    assert config_hash(After(extra="clahe")) != config_hash(Before())
+    assert "extra" not in to_dict(After(), hashed_only=True)
+    assert to_dict(After(extra="clahe"), hashed_only=True) == {"size": 1, "extra": "clahe"}
+    # the keypoint stage's contrast option is one: default files stay valid
+    assert "contrast" not in to_dict(KeypointsConfig(), hashed_only=True)
+    assert config_hash(KeypointsConfig()) != config_hash(KeypointsConfig(contrast="clahe"))
 
 
 def test_presets_only_override_existing_fields():

@@ -4,6 +4,8 @@ import pytest
 from reconstruct.errors import StaleOutputError
 from reconstruct.keypoints import (
     KeypointsConfig,
+    enhance_contrast,
+    extract_item,
     extract_keypoints,
     rotate_image,
     unrotate_keypoints,
@@ -97,3 +99,48 @@ def test_other_config_is_refused_then_overwritten(two_images, tmp_path):
     )
     with FeaturesReader(path) as r:
         assert len(r.read("view_000.jpg").keypoints) == 60
+
+
+def _faint_texture(shape=(96, 128), amplitude=3.0, seed=0):
+    """A mid-grey image whose texture spans only a few grey levels (an untextured object)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(shape[0] // 8, shape[1] // 8))
+    blurred = np.kron(noise, np.ones((8, 8)))  # blobs of 8 px
+    return np.clip(128 + amplitude * blurred, 0, 255).astype(np.uint8)
+
+
+def test_enhance_contrast_lifts_faint_texture_and_keeps_grey_grey():
+    gray = _faint_texture()
+    out = enhance_contrast(gray)
+    assert out.shape == gray.shape and out.dtype == np.uint8
+    assert out.std() > 2 * gray.std()  # measured 2.2x at clip limit 3
+    # brighter stays brighter: the equalisation is monotonic within a tile
+    a, b = (
+        np.unravel_index(np.argmin(gray), gray.shape),
+        np.unravel_index(np.argmax(gray), gray.shape),
+    )
+    assert out[a] < out[b]
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    out_rgb = enhance_contrast(rgb)
+    assert out_rgb.shape == rgb.shape
+    # grey pixels stay grey (only the lightness is equalised), within Lab rounding
+    assert np.abs(out_rgb.astype(int) - out_rgb[..., :1].astype(int)).max() <= 1
+    assert out_rgb[..., 0].std() > 2 * gray.std()  # equalised on Lab's L, not on grey
+    # a flat image stays flat: the clip limit keeps CLAHE from inventing texture
+    flat = np.full((64, 64), 90, np.uint8)
+    assert np.ptp(enhance_contrast(flat)) == 0
+
+
+def test_extraction_with_contrast_enhancement_sees_the_faint_texture():
+    """SIFT on a faintly textured image finds almost nothing (its contrast threshold); with
+    keypoints.contrast=clahe the same image gives many keypoints."""
+    from reconstruct.keypoints import build_extractor
+
+    image = np.repeat(_faint_texture((240, 320), amplitude=1.5)[..., None], 3, axis=2)
+    counts = {}
+    for contrast in ("none", "clahe"):
+        config = KeypointsConfig(extractor="sift", contrast=contrast)
+        feats, attrs = extract_item(build_extractor(config, "cpu"), config, "x.png", image)
+        counts[contrast] = len(feats["keypoints"])
+        assert attrs["image_size"] == (320, 240)
+    assert counts["clahe"] > 5 * max(counts["none"], 1)

@@ -115,7 +115,7 @@ def test_mapping_recovers_known_poses(tmp_path):
     stats = model_statistics(model)
     assert stats["registered_images"] == len(cams) and stats["mean_reprojection_error"] < 1.0
     consistency = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())["consistency"]
-    assert consistency["consistent"] is True and consistency["median_explained"] > 0.8
+    assert consistency["consistent"] is True and consistency["explained"] > 0.8
 
 
 def test_explained_fraction_exact_values():
@@ -152,6 +152,7 @@ def test_a_model_contradicting_its_matches_is_reported(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="reconstruct.mapping"):
         report = check_consistency(out / paths.DATABASE, rec, min_inliers=15)
     assert report["consistent"] is False
+    assert report["explained"] < MIN_EXPLAINED_MATCHES / 5
     assert report["median_explained"] < MIN_EXPLAINED_MATCHES / 5
     assert report["pairs_mostly_unexplained"] == report["pairs"] > 0
     assert "contradicts its own matches" in caplog.text
@@ -381,18 +382,21 @@ def test_known_intrinsics_are_compared_with_none_when_the_scene_splits(tmp_path)
     cfg = MappingConfig(intrinsics=intr, camera_model="PINHOLE")
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", cfg)
     info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
-    assert info["intrinsics_prior"] == {
-        "with_prior": {"largest": 4, "models": 2, "consistent": True},
-        "without_prior": {"largest": 4, "models": 2, "consistent": True},
-        "kept": "with_prior",
-    }
+    prior = info["intrinsics_prior"]
+    assert prior["kept"] == "with_prior"
+    for side in ("with_prior", "without_prior"):
+        explained = prior[side].pop("explained")
+        assert prior[side] == {"largest": 4, "models": 2, "consistent": True}
+        assert explained > 0  # verified inlier matches the largest model explains
     assert not (tmp_path / "out" / ".without_prior").exists()
 
 
 def test_consistency_reads_the_database_pairs_in_either_order(tmp_path):
-    """A hand-made two-image model and database: the keypoints of each 3D point have other
-    indices in the two images, and the pair is stored as (second image, first image), so only
-    a check that indexes each column with its own image's keypoints finds 2 of 5 explained."""
+    """A hand-made three-image model and database: the keypoints of each 3D point have other
+    indices in a and b, and the pair is stored as (b, a), so only a check that indexes each
+    column with its own image's keypoints finds 2 of 5 explained; pair (a, c) has 2 of 3. The
+    verdict weighs pairs by their inliers: 4 of 8 explained, where the median of the pairs'
+    shares would be 0.53."""
     import pycolmap
 
     camera = pycolmap.Camera.create_from_model_name(1, "SIMPLE_PINHOLE", 500.0, 640, 480)
@@ -402,39 +406,48 @@ def test_consistency_reads_the_database_pairs_in_either_order(tmp_path):
         db_camera = db.write_camera(camera)
         id_b = db.write_image(pycolmap.Image(name="b.jpg", camera_id=db_camera))
         id_a = db.write_image(pycolmap.Image(name="a.jpg", camera_id=db_camera))
+        id_c = db.write_image(pycolmap.Image(name="c.jpg", camera_id=db_camera))
         geometry = pycolmap.TwoViewGeometry()
         # columns: (a, b) keypoint indices; written with a first although a's id is larger
         geometry.inlier_matches = np.array([[0, 3], [1, 4], [2, 0], [3, 1], [4, 2]], np.uint32)
         db.write_two_view_geometry(id_a, id_b, geometry)
+        geometry = pycolmap.TwoViewGeometry()
+        geometry.inlier_matches = np.array([[0, 0], [1, 1], [3, 3]], np.uint32)  # (a, c)
+        db.write_two_view_geometry(id_a, id_c, geometry)
     finally:
         db.close()
 
     rec = pycolmap.Reconstruction()
     rec.add_camera_with_trivial_rig(camera)
     xy = pycolmap.Point2DList([pycolmap.Point2D(np.array([10.0 * i, 5.0])) for i in range(5)])
-    for image_id, name in ((1, "a.jpg"), (2, "b.jpg")):
+    for image_id, name in ((1, "a.jpg"), (2, "b.jpg"), (3, "c.jpg")):
         image = pycolmap.Image(name=name, points2D=xy, camera_id=1, image_id=image_id)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d())
-    # (a keypoint, b keypoint) of each 3D point; None: seen in one image only
-    for a, b in ((0, 3), (1, 4), (2, None), (4, None), (None, 2)):
+    # (a, b, c keypoint) of each 3D point; None: not seen there
+    for a, b, c in ((0, 3, 0), (1, 4, 1), (2, None, None), (4, None, None), (None, 2, 3)):
         track = pycolmap.Track()
-        for image_id, idx in ((1, a), (2, b)):
+        for image_id, idx in ((1, a), (2, b), (3, c)):
             if idx is not None:
                 track.add_element(image_id, idx)
         rec.add_point3D(np.zeros(3), track)
 
     report = check_consistency(db_path, rec, min_inliers=1, warn=False)
     assert report == {
-        "pairs": 1,
-        "median_explained": 0.4,
+        "pairs": 2,
+        "inliers": 8,
+        "explained_inliers": 4,
+        "explained": 0.5,
+        "median_explained": round((2 / 5 + 2 / 3) / 2, 4),
         "pairs_mostly_unexplained": 1,
-        "consistent": False,
+        "consistent": True,
     }
+    report = check_consistency(db_path, rec, min_inliers=4, warn=False)  # only (a, b) counts
+    assert (report["pairs"], report["explained"], report["consistent"]) == (1, 0.4, False)
     assert check_consistency(db_path, rec, min_inliers=6, warn=False) is None  # too few inliers
 
 
 def test_a_flagged_model_loses_only_to_one_at_least_half_its_size():
-    assert Outcome.of([], True) == Outcome(0, 0, False)
+    assert Outcome.of([], None) == Outcome(0, 0, False)
     flagged = Outcome(largest=16, models=1, consistent=False)
     assert is_better(Outcome(8, 2, True), flagged)  # half its images: the sound one wins
     assert not is_better(Outcome(7, 3, True), flagged)  # fewer: size decides
@@ -445,6 +458,10 @@ def test_a_flagged_model_loses_only_to_one_at_least_half_its_size():
     assert not is_better(Outcome(8, 2, True), Outcome(8, 1, True))
     assert is_better(Outcome(16, 1, False), Outcome(15, 1, False))
     assert not is_better(Outcome(0, 0, False), flagged)
+    # between results equal in all that, more explained inlier matches (the contrast rescue)
+    assert is_better(Outcome(16, 1, False, 4992), Outcome(16, 1, False, 2006))
+    assert not is_better(Outcome(16, 1, False, 2006), Outcome(16, 1, False, 4992))
+    assert not is_better(Outcome(15, 1, True, 9000), Outcome(16, 1, True, 10))
 
 
 def test_model_is_consistent_reads_mapping_json(tmp_path):
@@ -452,5 +469,5 @@ def test_model_is_consistent_reads_mapping_json(tmp_path):
     summary = tmp_path / paths.MAPPING_SUMMARY
     summary.write_text(json.dumps({"consistency": None}))
     assert model_is_consistent(tmp_path) is True
-    summary.write_text(json.dumps({"consistency": {"consistent": False, "median_explained": 0.1}}))
+    summary.write_text(json.dumps({"consistency": {"consistent": False, "explained": 0.1}}))
     assert model_is_consistent(tmp_path) is False

@@ -149,7 +149,7 @@ def run_stage(stage: str, image_dir: Path | None, output_dir: Path, config) -> s
         sparse = run_mapping(image_dir, f, m, out, config.mapping, pairs_path=p)
         report = read_consistency(sparse)
         if not is_consistent(report):  # the line a full run's summary shows
-            return f"{stage} done\n{contradiction_warning(report['median_explained'])}"
+            return f"{stage} done\n{contradiction_warning(report['explained'])}"
     elif stage == "export":
         export_model(out / paths.SPARSE, out, config.export)
     return f"{stage} done"
