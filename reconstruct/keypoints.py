@@ -68,8 +68,7 @@ class KeypointsConfig:
         "none",
         "clahe: equalise the lightness locally before detection (OpenCV's contrast-limited "
         "adaptive histogram equalisation, `enhance_contrast`), which lifts faint texture on "
-        "untextured objects; the rescue tries it when the model contradicts its matches or "
-        "leaves images out",
+        "untextured objects; the contrast rescue tries it when a scene failed (rescue.contrast)",
         hashed="unless_default",
     )
     mask_dir: Path | None = option(

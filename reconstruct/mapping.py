@@ -548,20 +548,20 @@ def _shape(models: list, num_images: int) -> dict:
 @dataclass(frozen=True)
 class Outcome:
     """What decides between two mapping results: images in the largest model, number of
-    models, whether the largest model agrees with its matches (`check_consistency`) and how
-    many verified inlier matches it explains (``explained_inliers``, 0 if unknown)."""
+    models, whether the largest model agrees with its matches (`check_consistency`) and the
+    share of its verified inlier matches it explains (``explained``, 0 if unknown)."""
 
     largest: int
     models: int
     consistent: bool
-    explained: int = 0
+    explained: float = 0.0
 
     @classmethod
     def of(cls, models: list, report: dict | None) -> Outcome:
         """The outcome of pycolmap `models` (largest first) and `check_consistency`'s report on
         the largest; no model is never consistent."""
         largest = models[0].num_reg_images() if models else 0
-        explained = int((report or {}).get("explained_inliers", 0))
+        explained = float((report or {}).get("explained", 0.0))
         return cls(largest, len(models), is_consistent(report) and bool(models), explained)
 
     def describe(self) -> str:
@@ -575,10 +575,9 @@ def is_better(new: Outcome, old: Outcome) -> bool:
     before; but a largest model that contradicts its matches loses to one that does not if
     that one has at least half its images. Half, not any size: a small model explains the few
     pairs it was built from almost by construction (3 images, 3 pairs), so its consistency is
-    weak evidence against a large model that is flagged. Between results equal in all that,
-    the one explaining more verified inlier matches (the contrast rescue on an untextured ring:
-    16 images in one flagged model either way, 4,992 explained inliers against 2,006, and only
-    the first one right)."""
+    weak evidence against a large model that is flagged. Between results equal in all that, the
+    one explaining the larger share of its verified inlier matches: a share, not a count, so
+    that denser features (the rescues') do not win by having more matches."""
     if new.consistent != old.consistent:
         flagged, sound = (old, new) if new.consistent else (new, old)
         if 2 * sound.largest >= flagged.largest:
@@ -775,20 +774,27 @@ def check_consistency(
             counts.append(len(inliers))
     if not shares:
         return None
-    explained = int(round(float(np.dot(shares, counts))))
-    share = explained / sum(counts)
-    report = {
-        "pairs": len(shares),
-        "inliers": int(sum(counts)),
-        "explained_inliers": explained,
-        "explained": round(share, 4),
-        "median_explained": round(float(np.median(shares)), 4),
-        "pairs_mostly_unexplained": int(np.sum(np.array(shares) < MIN_EXPLAINED_MATCHES)),
-        "consistent": share >= MIN_EXPLAINED_MATCHES,
-    }
+    report = consistency_report(np.array(shares), np.array(counts))
     if warn:
         _log_contradiction(report)
     return report
+
+
+def consistency_report(shares: np.ndarray, inliers: np.ndarray) -> dict:
+    """`check_consistency`'s report from each pair's explained share and inlier count: the
+    verdict on the share of all inlier matches explained (a pair weighs by its inliers), the
+    median over pairs for reference."""
+    explained = int(round(float(np.dot(shares, inliers))))
+    share = explained / int(inliers.sum())
+    return {
+        "pairs": len(shares),
+        "inliers": int(inliers.sum()),
+        "explained_inliers": explained,
+        "explained": round(share, 4),
+        "median_explained": round(float(np.median(shares)), 4),
+        "pairs_mostly_unexplained": int(np.sum(shares < MIN_EXPLAINED_MATCHES)),
+        "consistent": share >= MIN_EXPLAINED_MATCHES,
+    }
 
 
 def _log_contradiction(report: dict | None) -> None:
@@ -1099,6 +1105,9 @@ def run_mapping(
                 f"See {log_path}. Try more keypoints, more pairs, or known intrinsics."
             )
         summary = {
+            # what the models index: after a kept rescue, the rescue's files, not the run's
+            "features": str(Path(features_path).resolve()),
+            "database": str(database_path.resolve()),
             "num_images": len(names),
             "pairs_used": num_pairs,
             "pairs_verified": num_verified,

@@ -60,14 +60,18 @@ def versions() -> dict[str, str]:
 
 def _rescue_outcome(record: dict[str, Any]) -> str:
     """'largest model A -> B images, kept (why).' for a rescue's record."""
-    before, after = record["before"], record.get("after") or {}
+    before, after = record["before"], record.get("after")
+    was = f"largest model {before['largest']}" if before["largest"] else "no model"
+    if not after:
+        return f"{was}; the rescue's mapping built no model either, not kept."
     why = ""
-    if record["kept"] and not before.get("consistent", True) and after.get("consistent"):
+    sound_replaced_flagged = not before.get("consistent", True) and after.get("consistent")
+    if record["kept"] and before["largest"] and sound_replaced_flagged:
         why = " (the previous largest model contradicted its matches)"
     flagged = "" if after.get("consistent", True) else " (contradicting its matches)"
     return (
-        f"largest model {before['largest']} -> {after.get('largest', 'failed')} images"
-        f"{flagged}, {'kept' if record['kept'] else 'not kept'}{why}."
+        f"{was} -> {after['largest']} images{flagged}, "
+        f"{'kept' if record['kept'] else 'not kept'}{why}."
     )
 
 
@@ -117,7 +121,7 @@ class RunSummary:
         if self.contrast_rescue:
             r = self.contrast_rescue
             lines.append(
-                f"Contrast rescue: all {r['images']} images extracted again with "
+                f"Contrast rescue: all {r['num_images']} images extracted again with "
                 f"keypoints.contrast={r['keypoints_contrast']}; " + _rescue_outcome(r)
             )
         for reason in c.get("split_reasons") or []:
@@ -321,10 +325,10 @@ def run_pipeline(
             summary.contrast_rescue = rescue_low_contrast(
                 image_dir, output_dir, features, pairs, None if failure else sparse, **rescue
             )
-        if failure is not None and not (summary.contrast_rescue or {}).get("kept"):
-            raise failure
         if summary.rescue is None and summary.contrast_rescue is None:
             timings.pop("rescue")  # a stage in the timings only when it ran
+        if failure is not None and not (summary.contrast_rescue or {}).get("kept"):
+            raise failure
         with timings.stage("export"):
             model_dir = export_model(sparse, output_dir, config.export)
         summary.add_models(sparse, model_dir)

@@ -53,6 +53,7 @@ from .mapping import (
 from .matching import MatchingConfig, match_pairs
 from .storage import (
     FEATURES_SCHEMA,
+    MATCHES_SCHEMA,
     FeaturesReader,
     Header,
     MatchesReader,
@@ -114,7 +115,7 @@ def _outcome(sizes: list[int], sparse_dir: Path) -> dict[str, Any]:
     first), as recorded in rescue.json."""
     largest = sizes[0] if sizes else 0
     report = read_consistency(sparse_dir)
-    explained = int((report or {}).get("explained_inliers", 0))
+    explained = float((report or {}).get("explained", 0.0))
     return dataclasses.asdict(Outcome(largest, len(sizes), is_consistent(report), explained))
 
 
@@ -252,14 +253,23 @@ def rescue_low_contrast(
         else f"holds {len(registered)} images",
         len(readable),
     )
-    run = {"device": device, "overwrite": overwrite, "executor": executor}
+    # rescue/contrast/ is this run's private cache: files made with other settings (the run's
+    # own files were made again since) are made again instead of refused
     features = extract_keypoints(
-        image_dir, folder, enhanced, image_names=readable, rotations=rotations, **run
-    )
-    matches = match_pairs(pairs_path, features, folder, matching, **run)
+        image_dir, folder, enhanced, image_names=readable, rotations=rotations, device=device,
+        overwrite=overwrite or _made_with_other(folder / paths.FEATURES, FEATURES_SCHEMA, enhanced),
+        executor=executor,
+    )  # fmt: skip
+    features_hash = read_header(features, FEATURES_SCHEMA).config_hash
+    stale = _made_with_other(folder / paths.MATCHES, MATCHES_SCHEMA, matching)
+    stale = stale or _matched_from(folder / paths.MATCHES) not in (None, features_hash)
+    matches = match_pairs(
+        pairs_path, features, folder, matching, device=device, overwrite=overwrite or stale,
+        executor=executor,
+    )  # fmt: skip
     record: dict[str, Any] = {
         "keypoints_contrast": enhanced.contrast,
-        "images": len(readable),
+        "num_images": len(readable),
         "before": _outcome(before, sparse_dir)
         if sparse_dir
         else dataclasses.asdict(Outcome(0, 0, False)),
@@ -280,6 +290,15 @@ def rescue_low_contrast(
     logger.info("Contrast rescue: %s", record)
     atomic_write_json(folder / CONTRAST_SUMMARY, record)
     return record
+
+
+def _made_with_other(path: Path, schema: str, config) -> bool:
+    """Whether the file at `path` exists with a header of another configuration than
+    `config` (False when it is missing or unreadable: the writer decides then)."""
+    try:
+        return read_header(path, schema).config_hash != config_hash(config)
+    except (OSError, StorageError):
+        return False
 
 
 def _combine_features(

@@ -18,6 +18,7 @@ from reconstruct.mapping import (
     Outcome,
     check_consistency,
     check_focal_lengths,
+    consistency_report,
     explained_fraction,
     is_better,
     model_is_consistent,
@@ -446,6 +447,22 @@ def test_consistency_reads_the_database_pairs_in_either_order(tmp_path):
     assert check_consistency(db_path, rec, min_inliers=6, warn=False) is None  # too few inliers
 
 
+def test_the_verdict_weighs_pairs_by_their_inliers():
+    # one strong pair mostly unexplained, two weak ones fully explained: the median over
+    # pairs (1.0) would pass the model; the share of inlier matches (14 of 104) does not
+    report = consistency_report(np.array([0.1, 1.0, 1.0]), np.array([100, 2, 2]))
+    assert report == {
+        "pairs": 3,
+        "inliers": 104,
+        "explained_inliers": 14,
+        "explained": round(14 / 104, 4),
+        "median_explained": 1.0,
+        "pairs_mostly_unexplained": 1,
+        "consistent": False,
+    }
+    assert consistency_report(np.array([0.5, 0.5]), np.array([10, 30]))["consistent"] is True
+
+
 def test_a_flagged_model_loses_only_to_one_at_least_half_its_size():
     assert Outcome.of([], None) == Outcome(0, 0, False)
     flagged = Outcome(largest=16, models=1, consistent=False)
@@ -459,9 +476,10 @@ def test_a_flagged_model_loses_only_to_one_at_least_half_its_size():
     assert is_better(Outcome(16, 1, False), Outcome(15, 1, False))
     assert not is_better(Outcome(0, 0, False), flagged)
     # between results equal in all that, more explained inlier matches (the contrast rescue)
-    assert is_better(Outcome(16, 1, False, 4992), Outcome(16, 1, False, 2006))
-    assert not is_better(Outcome(16, 1, False, 2006), Outcome(16, 1, False, 4992))
-    assert not is_better(Outcome(15, 1, True, 9000), Outcome(16, 1, True, 10))
+    assert is_better(Outcome(16, 1, False, 0.45), Outcome(16, 1, False, 0.27))
+    assert not is_better(Outcome(16, 1, False, 0.27), Outcome(16, 1, False, 0.45))
+    assert not is_better(Outcome(16, 1, False, 0.27), Outcome(16, 1, False, 0.27))  # a tie
+    assert not is_better(Outcome(15, 1, True, 0.99), Outcome(16, 1, True, 0.6))
 
 
 def test_model_is_consistent_reads_mapping_json(tmp_path):

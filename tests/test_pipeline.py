@@ -100,7 +100,15 @@ def test_nothing_registrable_is_a_typed_error(tmp_path, capsys):
     cfg = load_config(overrides={"keypoints": {"max_keypoints": 128}})
     with pytest.raises(MappingError, match="geometric verification|could not build"):
         run_pipeline(images, tmp_path / "out", cfg)
-    assert (tmp_path / "out" / "run.json").is_file()  # what was done is still reported
+    # what was done is still reported: the contrast rescue was tried and built nothing either
+    report = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert report["contrast_rescue"]["after"] is None and report["contrast_rescue"]["kept"] is False
+    assert report["contrast_rescue"]["before"]["largest"] == 0 and "rescue" in report["timings"]
+    off = load_config(overrides={"keypoints": {"max_keypoints": 128}, "rescue": {"enabled": False}})
+    with pytest.raises(MappingError, match="geometric verification|could not build"):
+        run_pipeline(images, tmp_path / "off", off)
+    report = json.loads((tmp_path / "off" / "run.json").read_text())
+    assert report["contrast_rescue"] is None and "rescue" not in report["timings"]
     code = main(
         ["run", str(images), "-o", str(tmp_path / "out2"), "--set", "keypoints.max_keypoints=128"]
     )

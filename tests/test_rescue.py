@@ -120,7 +120,7 @@ def test_a_failed_faint_scene_is_extracted_again_with_contrast_enhancement(faint
     summary = run_pipeline(faint_scene.image_dir, out, load_config(overrides=FAINT), device="cpu")
     r = summary.contrast_rescue
     assert r is not None and r["kept"] is True and r["keypoints_contrast"] == "clahe"
-    assert r["images"] == 8 and r["before"]["consistent"] is False
+    assert r["num_images"] == 8 and r["before"]["consistent"] is False
     assert r["after"]["consistent"] is True and r["after"]["largest"] == 8
     assert json.loads((out / "rescue" / "contrast" / "contrast.json").read_text()) == r
     assert json.loads((out / "run.json").read_text())["contrast_rescue"] == r
@@ -135,6 +135,13 @@ def test_a_failed_faint_scene_is_extracted_again_with_contrast_enhancement(faint
     assert np.median([e.rotation_error_deg for e in relative_pose_errors(
         gt, read_all_poses(tmp_path / "off" / "sparse"))]) > 10.0  # fmt: skip
 
+    # a second run on the same folder resumes the rescue's files instead of making them again
+    files = [out / "rescue" / "contrast" / name for name in ("features.h5", "matches.h5")]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    second = run_pipeline(faint_scene.image_dir, out, load_config(overrides=FAINT))
+    assert second.contrast_rescue["kept"] and second.counts["registered_images"] == 8
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
 
 def test_when_mapping_builds_no_model_the_contrast_rescue_still_may(faint_scene, tmp_path):
     """At 48 keypoints per faint view the mapper builds no model at all (measured); the run
@@ -146,7 +153,7 @@ def test_when_mapping_builds_no_model_the_contrast_rescue_still_may(faint_scene,
     out = tmp_path / "on"
     summary = run_pipeline(faint_scene.image_dir, out, load_config(overrides=sparse))
     r = summary.contrast_rescue
-    assert r["before"] == {"largest": 0, "models": 0, "consistent": False, "explained": 0}
+    assert r["before"] == {"largest": 0, "models": 0, "consistent": False, "explained": 0.0}
     assert r["kept"] is True and r["after"]["largest"] == 8
     assert summary.counts["registered_images"] == 8 and (out / "model").is_dir()
     errors = relative_pose_errors(
