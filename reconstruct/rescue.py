@@ -190,19 +190,10 @@ def rescue_weak_images(
         "pairs_matched_again": len(weak_pairs),
         "before": _outcome(before, sparse_dir),
     }
-    try:
-        new_sparse = run_mapping(
-            image_dir, combined, [rescue_matches, matches_path], rescue_dir, mapping,
-            pairs_path=pairs_path, warn=False,
-        )  # fmt: skip
-    except MappingError as e:  # a failed rescue keeps the run's own models
-        record.update(after=None, kept=False, error=str(e).splitlines()[0])
-    else:
-        record["after"] = _outcome(registered_in_largest(new_sparse)[1], new_sparse)
-        record["kept"] = is_better(Outcome(**record["after"]), Outcome(**record["before"]))
-        if record["kept"]:
-            paths.replace_dir(new_sparse, sparse_dir)
-            warn_if_contradicted(sparse_dir)
+    _map_and_keep(
+        record, sparse_dir, image_dir, combined, [rescue_matches, matches_path], rescue_dir,
+        mapping, pairs_path,
+    )  # fmt: skip
     logger.info("Rescue: %s", {k: v for k, v in record.items() if k != "images"})
     atomic_write_json(rescue_dir / RESCUE_SUMMARY, record)
     return record
@@ -274,22 +265,32 @@ def rescue_low_contrast(
         if sparse_dir
         else dataclasses.asdict(Outcome(0, 0, False)),
     }
+    target = Path(output_dir) / paths.SPARSE
+    _map_and_keep(record, target, image_dir, features, matches, folder, mapping, pairs_path)
+    logger.info("Contrast rescue: %s", record)
+    atomic_write_json(folder / CONTRAST_SUMMARY, record)
+    return record
+
+
+def _map_and_keep(
+    record: dict[str, Any], sparse_dir: Path, image_dir: Path, features: Path, matches,
+    folder: Path, mapping: MappingConfig, pairs_path: Path,
+) -> None:  # fmt: skip
+    """Map a rescue's features and matches in `folder` and move its models to `sparse_dir` if
+    they rank higher than ``record["before"]`` (`mapping.is_better`); fills in ``after`` and
+    ``kept`` (``error`` if the rescue's mapping failed: the run's models stay)."""
     try:
         new_sparse = run_mapping(
             image_dir, features, matches, folder, mapping, pairs_path=pairs_path, warn=False
         )
-    except MappingError as e:  # a failed rescue keeps the run's own models
+    except MappingError as e:
         record.update(after=None, kept=False, error=str(e).splitlines()[0])
-    else:
-        record["after"] = _outcome(registered_in_largest(new_sparse)[1], new_sparse)
-        record["kept"] = is_better(Outcome(**record["after"]), Outcome(**record["before"]))
-        if record["kept"]:
-            target = Path(output_dir) / paths.SPARSE
-            paths.replace_dir(new_sparse, target)
-            warn_if_contradicted(target)
-    logger.info("Contrast rescue: %s", record)
-    atomic_write_json(folder / CONTRAST_SUMMARY, record)
-    return record
+        return
+    record["after"] = _outcome(registered_in_largest(new_sparse)[1], new_sparse)
+    record["kept"] = is_better(Outcome(**record["after"]), Outcome(**record["before"]))
+    if record["kept"]:
+        paths.replace_dir(new_sparse, sparse_dir)
+        warn_if_contradicted(sparse_dir)
 
 
 def _made_with_other(path: Path, schema: str, config) -> bool:

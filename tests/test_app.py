@@ -397,6 +397,20 @@ def test_a_full_run_message_carries_the_summary_warnings(make_summary):
     assert lines[0].startswith("Registered 16 of 16 images")
     assert lines[1] == "Not one model: no verified pair joins model 1 to another model."
     assert lines[2].startswith("Warning: the model explains only 19%") and len(lines) == 3
+    # what the contrast rescue did is shown too (the page's only trace of where the model came from)
+    rescued = summary(registered_images=16)
+    rescued.contrast_rescue = {
+        "keypoints_contrast": "clahe",
+        "num_images": 16,
+        "before": {"largest": 16, "models": 1, "consistent": False, "explained": 0.27},
+        "after": {"largest": 16, "models": 1, "consistent": True, "explained": 0.54},
+        "kept": True,
+    }
+    lines = state.summary_message(rescued).splitlines()
+    assert len(lines) == 2 and lines[1] == (
+        "Contrast rescue: all 16 images extracted again with keypoints.contrast=clahe; largest "
+        "model 16 -> 16 images, kept (the previous largest model contradicted its matches)."
+    )
 
 
 @pytest.mark.parametrize("consistent", [True, False])

@@ -204,3 +204,18 @@ def test_summary_says_why_a_smaller_rescued_model_was_kept(make_summary):
     rescue["before"]["consistent"] = True
     rescue["after"]["largest"] = 7
     assert "6 -> 7 images, kept." in summary.format()
+
+
+def test_summary_of_a_contrast_rescue_after_mapping_built_no_model(make_summary):
+    summary = make_summary({"images": 8, "pairs": 28, "matches": 300})
+    none = {"largest": 0, "models": 0, "consistent": False, "explained": 0.0}
+    summary.contrast_rescue = {
+        "keypoints_contrast": "clahe",
+        "num_images": 8,
+        "before": none,
+        "after": {"largest": 8, "models": 1, "consistent": True, "explained": 0.8},
+        "kept": True,
+    }
+    assert "clahe; no model -> 8 images, kept." in summary.format()
+    summary.contrast_rescue.update(after=None, kept=False)
+    assert "no model; the rescue's mapping built no model either, not kept." in summary.format()

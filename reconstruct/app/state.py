@@ -110,14 +110,15 @@ def step_text(stage: str, done_: int, total: int | None, unit: str) -> str:
     return f"{stage}: {done_} {noun}s"
 
 
-WARNING_PREFIXES = ("Warning:", "Not one model:")
-"""Lines of `RunSummary.format` the page shows as warnings below a full run's outcome."""
+WARNING_PREFIXES = ("Rescue:", "Contrast rescue:", "Not one model:", "Warning:")
+"""Lines of `RunSummary.format` the page shows below a full run's outcome: what the rescues
+did and the warnings."""
 
 
 def summary_message(summary) -> str:
     """A full run's outcome for the page: the summary's first line (registered images,
-    points), then its warnings (a split scene, a model that contradicts its matches), one per
-    line."""
+    points), then what the rescues did and its warnings (a split scene, a model that
+    contradicts its matches), one per line."""
     first, *rest = summary.format().splitlines()
     return "\n".join([first, *(line for line in rest if line.startswith(WARNING_PREFIXES))])
 
