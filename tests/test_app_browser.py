@@ -177,6 +177,18 @@ def _shown_inliers(driver) -> int:
     return int(match.group(1))
 
 
+def _rendered(element, timeout: float = 60) -> bytes:
+    """A screenshot of `element` once it shows something (WebGL charts draw a while after they
+    appear; a fixed 3 s wait saw a blank 3D view on a loaded machine), or the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(2)
+        png = element.screenshot_as_png
+        img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float64)
+        if img.std() > 10 or time.monotonic() > deadline:
+            return png
+
+
 def _not_blank(png: bytes, what: str, name: str | None) -> None:
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.float64)
     assert img.shape[0] > 100 and img.shape[1] > 100, f"{what} is tiny: {img.shape}"
@@ -279,8 +291,7 @@ def test_demo_upload_run_all_and_download_ply(server, browser, tmp_path):
             if e.is_displayed()
         ]
     )
-    time.sleep(3)
-    _not_blank(charts[0].screenshot_as_png, "3D model view", "model")
+    _not_blank(_rendered(charts[0]), "3D model view", "model")
 
     _tab(driver, "Evaluation")  # the ground truth of the demo scene, uploaded
     gt_input = wait.until(
