@@ -30,7 +30,14 @@ from .config import option
 from .errors import ConfigError, MappingError
 from .gt import read_cameras_txt, rotate_camera
 from .progress import progress
-from .storage import FeaturesReader, MatchesReader, atomic_write_json, make_public, read_pairs
+from .refinement import RefinementConfig, refine_keypoints
+from .storage import (
+    FeaturesReader,
+    atomic_write_json,
+    iter_matches,
+    make_public,
+    read_pairs,
+)
 
 if TYPE_CHECKING:  # imported where used: pycolmap loads native libraries
     import pycolmap
@@ -142,6 +149,11 @@ class MappingConfig:
     )
     random_seed: int = option(0, "seed for COLMAP's RANSAC and mapper (-1: random)")
     num_threads: int = option(-1, "threads for COLMAP (-1: all cores)", hashed=False)
+    refine: RefinementConfig = option(
+        RefinementConfig(),
+        "sub-pixel refinement of matched keypoints onto their track's anchor before mapping "
+        "(mapping.refine.*, reconstruct/refinement.py)",
+    )
 
     def __post_init__(self) -> None:
         if self.min_matches < 0 or self.min_inliers < 0:
@@ -410,23 +422,16 @@ def _write_matches(
 ) -> int:
     """Write the matches of the pairs of known images (in `pairs` if given) with at least
     `min_matches` matches (and at least 1); returns the number of pairs written. With several
-    matches files, a pair is read from the first file that holds it (the rescue's matches of
-    re-extracted images come before the run's own)."""
+    matches files, a pair is read from the first file that holds it (`storage.iter_matches`)."""
     num_pairs = 0
-    seen: set[tuple[str, str]] = set()
-    for path in [matches_path] if isinstance(matches_path, (str, Path)) else matches_path:
-        with MatchesReader(path) as matches:
-            for a, b in matches.pairs():
-                if (a, b) in seen or a not in image_ids or b not in image_ids:
-                    continue
-                seen.add((a, b))
-                if pairs is not None and (a, b) not in pairs:
-                    continue
-                m, _ = matches.read(a, b)
-                if len(m) < max(1, min_matches):
-                    continue
-                db.write_matches(image_ids[a], image_ids[b], m)
-                num_pairs += 1
+    files = [matches_path] if isinstance(matches_path, (str, Path)) else matches_path
+    for a, b, m, _ in iter_matches(files, image_ids):
+        if pairs is not None and (a, b) not in pairs:
+            continue
+        if len(m) < max(1, min_matches):
+            continue
+        db.write_matches(image_ids[a], image_ids[b], m)
+        num_pairs += 1
     return num_pairs
 
 
@@ -1066,7 +1071,63 @@ def run_mapping(
     ``1``, ... Raises MappingError (with counts) when no model can be built. With `pairs_path`,
     only the matches of those pairs are used. Several `matches_path` files: each pair from the
     first file that holds it. `warn` False: a trial run, whose model 0 is not warned about if
-    it contradicts its matches (`warn_if_contradicted` does, if the trial is kept)."""
+    it contradicts its matches (`warn_if_contradicted` does, if the trial is kept).
+
+    With ``config.refine.enabled`` the matched keypoints are refined first
+    (`refinement.refine_keypoints`, into ``output_dir/refined/``) and the scene is mapped from
+    the refined files; if it then does not map whole, or its model is flagged, the unrefined
+    files are mapped too and the better result kept (`is_better`)."""
+    if not config.refine.enabled:
+        return _map_files(
+            image_dir, features_path, matches_path, output_dir, config, pairs_path, warn, None
+        )
+    refined_features, refined_matches, report = refine_keypoints(
+        image_dir, features_path, matches_path, output_dir, config.refine
+    )
+    report = {k: v for k, v in report.items() if k != "digest"}
+    plain = dataclasses.replace(config, refine=dataclasses.replace(config.refine, enabled=False))
+    try:
+        sparse = _map_files(
+            image_dir, refined_features, refined_matches, output_dir, plain, pairs_path, warn,
+            report,
+        )  # fmt: skip
+    except MappingError as e:  # the refined matches may be too few: the unrefined ones decide
+        logger.warning("Mapping the refined keypoints failed (%s); mapping the unrefined ones", e)
+        report["unrefined"] = {"kept": "unrefined", "why": "no model from the refined ones"}
+        return _map_files(
+            image_dir, features_path, matches_path, output_dir, plain, pairs_path, warn, report
+        )
+    summary = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
+    if summary["num_images"] and _summary_incomplete(summary, sparse):
+        _fall_back_unrefined(
+            image_dir, features_path, matches_path, output_dir, plain, pairs_path, report
+        )
+    return sparse
+
+
+def _summary_incomplete(summary: dict, sparse: Path) -> bool:
+    """Whether the models in `sparse` leave images out, are several, or model 0 is flagged."""
+    models = summary.get("models") or []
+    largest = models[0]["registered"] if models else 0
+    return (
+        len(models) != 1
+        or largest < summary["num_images"]
+        or not is_consistent(read_consistency(sparse))
+    )
+
+
+def _map_files(
+    image_dir: Path,
+    features_path: Path,
+    matches_path: Path | Sequence[Path],
+    output_dir: Path,
+    config: MappingConfig,
+    pairs_path: Path | None,
+    warn: bool,
+    refinement: dict | None,
+) -> Path:
+    """`run_mapping` of the given files as they are; `refinement`: the counts of the keypoint
+    refinement that made them (None: not refined), recorded in mapping.json."""
     import pycolmap
 
     output_dir = Path(output_dir)
@@ -1117,6 +1178,7 @@ def run_mapping(
             "consistency": check_consistency(
                 database_path, mapped.models[0], config.min_inliers, warn=warn
             ),
+            "keypoint_refinement": refinement,
             "seconds": time.perf_counter() - start,
         }
         _publish_models(mapped.models, tmp_dir, sparse_dir, summary)
@@ -1278,46 +1340,88 @@ def _publish_models(models: list, tmp_dir: Path, sparse_dir: Path, summary: dict
     paths.replace_dir(tmp_dir, sparse_dir)
 
 
+def _load_models(sparse_dir: Path) -> list:
+    """The models of a mapping output folder, largest first."""
+    import pycolmap
+
+    models = [pycolmap.Reconstruction(str(d)) for d in sorted(sparse_dir.iterdir()) if d.is_dir()]
+    return sorted(models, key=lambda r: r.num_reg_images(), reverse=True)
+
+
+def _map_instead(
+    image_dir, features_path, matches_path, output_dir, config, pairs_path, models, what: str
+) -> tuple[bool, dict]:
+    """Map the files once more with `config` in a trial folder and move the result in as
+    ``output_dir/sparse`` if it is better than the current `models` (`is_better`). Returns
+    (kept, {"current": outcome, "trial": outcome}); `what` names the trial in the log."""
+    sparse_dir = output_dir / paths.SPARSE
+    trial_dir = output_dir / ".trial"
+    shutil.rmtree(trial_dir, ignore_errors=True)
+    try:
+        trial = _map_files(
+            image_dir, features_path, matches_path, trial_dir, config, pairs_path, False, None
+        )
+        others = _load_models(trial)
+    except MappingError:
+        others = []
+    current = Outcome.of(models, read_consistency(sparse_dir))
+    other = Outcome.of(others, read_consistency(trial) if others else None)
+    keep = is_better(other, current)
+    logger.warning(
+        "Largest model %s; %s: %s; keeping the %s",
+        current.describe(),
+        what,
+        other.describe(),
+        what if keep else "first",
+    )
+    if keep:
+        paths.replace_dir(trial, sparse_dir)
+        warn_if_contradicted(sparse_dir)
+    shutil.rmtree(trial_dir, ignore_errors=True)
+    return keep, {"current": dataclasses.asdict(current), "trial": dataclasses.asdict(other)}
+
+
+def _record(sparse_dir: Path, key: str, value: dict) -> None:
+    """Add `key` to mapping.json of `sparse_dir`."""
+    summary_path = sparse_dir / paths.MAPPING_SUMMARY
+    summary = json.loads(summary_path.read_text())
+    summary[key] = value
+    atomic_write_json(summary_path, summary)
+
+
 def _fall_back_without_prior(
     image_dir, features_path, matches_path, output_dir, config, pairs_path, models
 ) -> None:
     """Known intrinsics must never make the result worse than none (issue 11: on an untextured
     ring they did). When the scene did not map whole with them, map once more without them and
     keep that result if it is better (`is_better`); mapping.json records the comparison."""
-    sparse_dir = output_dir / paths.SPARSE
-    trial_dir = output_dir / ".without_prior"
-    shutil.rmtree(trial_dir, ignore_errors=True)
     plain = dataclasses.replace(config, intrinsics=None, fix_intrinsics=False)
-    try:
-        trial = run_mapping(
-            image_dir, features_path, matches_path, trial_dir, plain, pairs_path=pairs_path,
-            warn=False,
-        )  # fmt: skip
-        import pycolmap
-
-        others = [pycolmap.Reconstruction(str(d)) for d in sorted(trial.iterdir()) if d.is_dir()]
-        others.sort(key=lambda r: r.num_reg_images(), reverse=True)
-    except MappingError:
-        others = []
-    with_prior = Outcome.of(models, read_consistency(sparse_dir))
-    without_prior = Outcome.of(others, read_consistency(trial) if others else None)
-    keep = is_better(without_prior, with_prior)
+    keep, outcomes = _map_instead(
+        image_dir, features_path, matches_path, output_dir, plain, pairs_path, models,
+        "without known intrinsics",
+    )  # fmt: skip
     comparison = {
-        "with_prior": dataclasses.asdict(with_prior),
-        "without_prior": dataclasses.asdict(without_prior),
+        "with_prior": outcomes["current"],
+        "without_prior": outcomes["trial"],
         "kept": "without_prior" if keep else "with_prior",
     }
-    logger.warning(
-        "Known intrinsics: largest model %s; without them %s; keeping the result %s them",
-        with_prior.describe(),
-        without_prior.describe(),
-        "without" if keep else "with",
-    )
-    if keep:
-        paths.replace_dir(trial, sparse_dir)
-        warn_if_contradicted(sparse_dir)
-    summary_path = sparse_dir / paths.MAPPING_SUMMARY
-    summary = json.loads(summary_path.read_text())
-    summary["intrinsics_prior"] = comparison
-    atomic_write_json(summary_path, summary)
-    shutil.rmtree(trial_dir, ignore_errors=True)
+    _record(output_dir / paths.SPARSE, "intrinsics_prior", comparison)
+
+
+def _fall_back_unrefined(
+    image_dir, features_path, matches_path, output_dir, config, pairs_path, report: dict
+) -> None:
+    """The refined matches are fewer than the matcher's: on a scene that did not map whole from
+    them (or whose model is flagged), map the unrefined files too and keep the better result;
+    mapping.json records the comparison under ``keypoint_refinement``."""
+    sparse_dir = output_dir / paths.SPARSE
+    keep, outcomes = _map_instead(
+        image_dir, features_path, matches_path, output_dir, config, pairs_path,
+        _load_models(sparse_dir), "unrefined keypoints",
+    )  # fmt: skip
+    report["unrefined"] = {
+        "refined": outcomes["current"],
+        "unrefined": outcomes["trial"],
+        "kept": "unrefined" if keep else "refined",
+    }
+    _record(sparse_dir, "keypoint_refinement", report)

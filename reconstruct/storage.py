@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -677,6 +677,22 @@ class MatchesReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def iter_matches(
+    matches_paths: Sequence[Path], names: Container[str]
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name0, name1, matches, scores) of every pair of two `names` in the files
+    `matches_paths`, each pair from the first file that holds it (a rescue's matches of images
+    extracted again come before the run's own)."""
+    seen: set[tuple[str, str]] = set()
+    for path in matches_paths:
+        with MatchesReader(path) as reader:
+            for a, b in reader.pairs():
+                if (a, b) in seen or a not in names or b not in names:
+                    continue
+                seen.add((a, b))
+                yield (a, b, *reader.read(a, b))
 
 
 def _plain(v: Any) -> Any:

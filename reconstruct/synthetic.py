@@ -679,6 +679,54 @@ def project(pose: CameraPose, point: np.ndarray) -> np.ndarray:
     return np.array([pose.fx * cam[0] / cam[2] + pose.cx, pose.fy * cam[1] / cam[2] + pose.cy])
 
 
+class TrueCorrespondences:
+    """Where a point seen in one view of a synthetic scene appears in another, from the
+    renderer's point maps (computed once per view): the ground truth of matches."""
+
+    SAME_POINT = 0.02  # metres: a lifted point seen again this close is the same point
+
+    def __init__(
+        self, planes: tuple[Plane, ...], cameras: dict[str, CameraPose], width: int, height: int
+    ) -> None:
+        self.planes, self.cameras = planes, cameras
+        self.width, self.height = width, height
+        self._maps: dict[str, np.ndarray] = {}
+
+    def lift(self, name: str, xy: np.ndarray) -> np.ndarray:
+        """(N, 3) world points seen at pixel positions `xy` (COLMAP convention) of view `name`,
+        bilinear between the four nearest pixel centres; NaN where those are not on one
+        surface (background, outlines)."""
+        w, h = self.width, self.height
+        if name not in self._maps:
+            self._maps[name] = point_map(self.planes, self.cameras[name], w, h)
+        pts = self._maps[name]
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        u, v = xy[:, 0] - 0.5, xy[:, 1] - 0.5  # pixel-centre indices
+        j = np.clip(np.floor(u).astype(int), 0, w - 2)
+        i = np.clip(np.floor(v).astype(int), 0, h - 2)
+        fu, fv = (u - j)[:, None], (v - i)[:, None]
+        c00, c01, c10, c11 = pts[i, j], pts[i, j + 1], pts[i + 1, j], pts[i + 1, j + 1]
+        out = (c00 * (1 - fu) + c01 * fu) * (1 - fv) + (c10 * (1 - fu) + c11 * fu) * fv
+        with np.errstate(invalid="ignore"):
+            spread = np.max([np.linalg.norm(c - c00, axis=1) for c in (c01, c10, c11)], axis=0)
+            out[~(spread < 2.5 * self.SAME_POINT)] = np.nan
+        return out
+
+    def transfer(self, a: str, b: str, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) positions in view `b` of the points seen at `xy` in view `a`; NaN where the
+        point is not on one surface in `a` or is hidden in `b`."""
+        world = self.lift(a, xy)
+        cam = self.cameras[b]
+        x = world @ cam.rotation.T + np.ravel(cam.translation)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            uv = x @ cam.K.T
+            out = uv[:, :2] / uv[:, 2:]
+            inside = np.clip(np.nan_to_num(out), 1, (self.width - 1, self.height - 1))
+            visible = np.linalg.norm(self.lift(b, inside) - world, axis=1) < self.SAME_POINT
+        out[~visible] = np.nan
+        return out
+
+
 def plane_index_map(planes: tuple[Plane, ...], pose: CameraPose, width: int, height: int):
     """(height, width) int16 index of the plane seen through each pixel centre; -1: background."""
     dirs = _pixel_rays(pose, width, height, 1, np.float64)

@@ -27,9 +27,15 @@ from reconstruct.mapping import (
     turn_camera_params,
     turn_keypoints,
 )
+from reconstruct.refinement import RefinementConfig
 from reconstruct.storage import FEATURES_SCHEMA, MATCHES_SCHEMA, Header, ResultWriter
 
 W, H, F = 640, 480, 500.0
+
+
+# These scenes are keypoints projected exactly, with no image files: nothing to refine
+# (the keypoint refinement before mapping reads the images; tests/test_refinement.py).
+EXACT = RefinementConfig(enabled=False)
 
 
 def look_at(center, target=np.zeros(3)):
@@ -100,7 +106,7 @@ def write_inputs(
 def test_mapping_recovers_known_poses(tmp_path):
     points, cams = make_views()
     feats, matches = write_inputs(tmp_path, points, cams)
-    sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig())
+    sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig(refine=EXACT))
     models = read_all_poses(sparse)
     assert len(models) == 1 and set(models[0]) == set(cams)
     m = evaluate(cams, models)
@@ -137,7 +143,7 @@ def test_a_model_contradicting_its_matches_is_reported(tmp_path, caplog):
     points, cams = make_views()
     feats, matches = write_inputs(tmp_path, points, cams)
     out = tmp_path / "out"
-    run_mapping(tmp_path, feats, matches, out, MappingConfig())
+    run_mapping(tmp_path, feats, matches, out, MappingConfig(refine=EXACT))
     rec = pycolmap.Reconstruction(out / "sparse" / "0")
     db = pycolmap.Database.open(str(out / paths.DATABASE))
     try:
@@ -167,7 +173,7 @@ def test_known_intrinsics_are_kept_fixed(tmp_path):
         tmp_path / "intrinsics.txt",
         [CameraPose(n, F, F, W / 2, H / 2, np.eye(3), np.zeros(3)) for n in cams],
     )
-    cfg = MappingConfig(intrinsics=intr, fix_intrinsics=True, camera_model="PINHOLE")
+    cfg = MappingConfig(intrinsics=intr, fix_intrinsics=True, camera_model="PINHOLE", refine=EXACT)
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", cfg)
     (model,) = read_all_poses(sparse)
     assert len(model) == len(cams)
@@ -179,7 +185,7 @@ def test_nothing_registrable_is_a_typed_error(tmp_path):
     points, cams = make_views(n=4)
     feats, matches = write_inputs(tmp_path, points, cams, scramble=True)
     with pytest.raises(MappingError, match="pairs"):
-        run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig())
+        run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig(refine=EXACT))
     assert not (tmp_path / "out" / "sparse").exists()
 
 
@@ -231,7 +237,7 @@ def test_turned_images_share_one_camera_and_come_back_in_file_frames(tmp_path):
     applied = {names[1]: 1, names[4]: 2}  # files turned a quarter and a half turn
     feats, matches = write_inputs(tmp_path, points, cams, turns=applied)
     gt = {n: rotate_camera(c, applied.get(n, 0), W, H) for n, c in cams.items()}
-    cfg = MappingConfig(camera_model="PINHOLE")
+    cfg = MappingConfig(camera_model="PINHOLE", refine=EXACT)
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", cfg)
 
     db = pycolmap.Database.open(str(tmp_path / "out" / "database.db"))
@@ -276,7 +282,7 @@ def test_a_split_scene_says_why(tmp_path):
     feats, matches = write_inputs(
         tmp_path, points, cams, keep_pair=lambda a, b: group[a] == group[b]
     )
-    sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig())
+    sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig(refine=EXACT))
     info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     assert info["split"]["models"] == 2 and info["split"]["links"] == []
     assert info["split"]["reasons"] == ["no verified pair joins model 1 to another model"]
@@ -311,7 +317,7 @@ def test_auto_principal_point_stays_fixed_for_a_narrow_field_of_view(tmp_path):
         n: CameraPose(n, f, f, W / 2, H / 2, c.rotation, c.translation) for n, c in cams.items()
     }
     feats, matches = write_inputs(tmp_path, points, cams, noise=0.5)
-    sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig())
+    sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", MappingConfig(refine=EXACT))
     info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     (report,) = info["principal_point"]
     assert report["tried"] is True and report["accepted"] is False, report
@@ -380,7 +386,7 @@ def test_known_intrinsics_are_compared_with_none_when_the_scene_splits(tmp_path)
         tmp_path / "intrinsics.txt",
         [CameraPose(n, F, F, W / 2, H / 2, np.eye(3), np.zeros(3)) for n in cams],
     )
-    cfg = MappingConfig(intrinsics=intr, camera_model="PINHOLE")
+    cfg = MappingConfig(intrinsics=intr, camera_model="PINHOLE", refine=EXACT)
     sparse = run_mapping(tmp_path, feats, matches, tmp_path / "out", cfg)
     info = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
     prior = info["intrinsics_prior"]

@@ -42,9 +42,10 @@ BAR_STAGES = {
     "upright cue": "orientation",
     "upright votes": "orientation",
     "mapping": "mapping",
+    "refining": "mapping",  # the keypoint refinement that mapping runs first
 }
 """The stage each progress bar (its ``desc``) belongs to."""
-UNIT_NAMES = {"img": "image", "pair": "pair", "frame": "frame"}
+UNIT_NAMES = {"img": "image", "pair": "pair", "frame": "frame", "keypoint": "keypoint"}
 
 
 def done(output_dir: Path, incomplete: Iterable[str] = ()) -> list[str]:
