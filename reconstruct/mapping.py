@@ -151,7 +151,7 @@ class MappingConfig:
     num_threads: int = option(-1, "threads for COLMAP (-1: all cores)", hashed=False)
     refine: RefinementConfig = option(
         RefinementConfig(),
-        "sub-pixel refinement of matched keypoints onto their track's anchor before mapping "
+        "sub-pixel refinement of matched keypoints onto their anchor's point before mapping "
         "(mapping.refine.*, reconstruct/refinement.py)",
     )
 

@@ -1,4 +1,4 @@
-"""Sub-pixel refinement of matched keypoints along their tracks, run by mapping before COLMAP.
+"""Sub-pixel refinement of matched keypoints onto anchor points, run by mapping before COLMAP.
 
 Why (issue 11, measured with ``scripts/match_precision.py`` on the synthetic ring ``ring2.4``):
 ALIKED + LightGlue's verified matches are 0.81 px off the true correspondence at the median
@@ -9,19 +9,24 @@ fits on ALIKED's score map cannot fix that (the right keypoint does not exist); 
 matches within 0.75 px of the truth (an oracle) lifts AUC@5 from 0.967 to 0.982, COLMAP SIFT's
 level.
 
-What: keypoints joined by matches form tracks (connected components,
-`scipy.sparse.csgraph.connected_components`). Each track's anchor is its keypoint with the most
-matches. Every keypoint matched directly to an anchor is moved to where the anchor's image patch
-(``window`` pixels each side) aligns in its own image: OpenCV's ECC (`cv2.findTransformECC`,
-affine), started from the local affine map of the pair's matches around the anchor
-(`cv2.estimateAffine2D` on its `neighbours` nearest matches, RANSAC). A keypoint counts as
-refined when ECC converges with a correlation of at least ``min_correlation`` and moves it by at
-most ``max_shift`` pixels of the image as it was extracted. Tracks that hold two keypoints of one
-image are left alone. Then only matches whose two keypoints are refined (or are the anchor they
-were refined to) are kept, unless ``keep_unrefined``: the others carry the imprecision this step
-exists to remove (on ``ring2.4`` keeping them left AUC@5 at 0.967; dropping them gave 0.993).
-All keypoints of a track then refer to one physical point, the anchor's, so the tracks COLMAP
-builds from the kept matches are consistent.
+What: anchors and the keypoints refined onto them (`anchor_clusters`): greedily, in order of
+decreasing number of matches, a keypoint not yet taken becomes an anchor and takes the keypoints
+not yet taken that are matched to it directly (one per image). Each taken keypoint is moved to
+where the anchor's image patch (``window`` pixels each side) aligns in its own image: OpenCV's
+ECC (`cv2.findTransformECC`, affine), started from the local affine map of the pair's matches
+around the anchor (`cv2.estimateAffine2D` on its `neighbours` nearest matches, RANSAC). It counts
+as refined when ECC converges with a correlation of at least ``min_correlation`` and moves it by
+at most ``max_shift`` pixels of the image as it was extracted. Then only the matches whose two
+keypoints were refined onto the same anchor (or are that anchor) are kept, unless
+``keep_unrefined``: the others carry the imprecision this step exists to remove (on ``ring2.4``,
+moving keypoints but keeping every match left AUC@5 at 0.967; keeping only refined ones gave
+0.993). Every kept match then joins two observations of one physical point, the anchor's, so
+the tracks COLMAP builds from them are consistent; a chain of near-miss matches through several
+points gives several anchors, not one track holding two keypoints of an image.
+
+Written here rather than taken from a library: hloc's keypoint adjustment (pixel-perfect SfM,
+``pixsfm``) needs dense CNN features and a build of its own and is not on PyPI; COLMAP and
+pycolmap refine poses and points, not keypoints. The pieces are OpenCV's and SciPy's.
 
 Files (in ``<mapping output>/refined/``, a cache rebuilt when its inputs or settings change):
 ``features.h5`` (keypoints moved, descriptors and scores as they were, same keypoint order) and
@@ -45,8 +50,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from . import paths
@@ -79,7 +82,7 @@ class RefinementConfig:
 
     enabled: bool = option(
         True,
-        "move matched keypoints onto their track's anchor point (ECC patch alignment) and map "
+        "move matched keypoints onto their anchor's point (ECC patch alignment) and map "
         "only the refined matches",
     )
     window: int = option(
@@ -113,32 +116,42 @@ class RefinementConfig:
 # ----------------------------------------------------------------------------- tracks
 
 
-def tracks_and_anchors(
-    sizes: Sequence[int], edges: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tracks of keypoints joined by `edges` ((E, 2) global keypoint ids; image i's keypoints
-    are ids ``sum(sizes[:i]) ..``), as (component label per keypoint, anchor id per component,
-    per component whether it holds two keypoints of one image).
+def anchor_clusters(sizes: Sequence[int], edges: np.ndarray) -> np.ndarray:
+    """Which anchor each keypoint is refined onto: the anchor's global id, or -1 for none.
 
-    The anchor of a component is its keypoint with the most edges (the lowest id among equals).
+    Keypoints have global ids (image i's are ``sum(sizes[:i]) ..``) and `edges` ((E, 2) ids)
+    are the matches. Greedy: in order of decreasing number of matches (the lowest id among
+    equals), a keypoint not yet taken becomes an anchor, and takes every keypoint not yet taken
+    that is matched to it directly (one per image: a pair's matches are one-to-one). A
+    component of the match graph that chains several physical points (a near-miss match joins
+    two) thus gives several anchors, one per point, instead of one track holding two keypoints
+    of an image.
     """
     n = int(np.sum(sizes))
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    count, labels = connected_components(graph, directed=False)
-    degree = np.bincount(edges.ravel(), minlength=n)
-    order = np.lexsort((np.arange(n), -degree, labels))  # by label, most edges first
-    first = np.ones(n, bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    anchors = np.empty(count, np.int64)
-    anchors[labels[order][first]] = order[first]
+    cluster = np.full(n, -1, np.int64)
+    if not len(edges):
+        return cluster
     image = np.repeat(np.arange(len(sizes)), sizes)
-    # a component with two keypoints of one image: (label, image) seen twice among matched ones
-    matched = degree > 0
-    keys = labels[matched].astype(np.int64) * len(sizes) + image[matched]
-    uniq, counts = np.unique(keys, return_counts=True)
-    conflicted = np.zeros(count, bool)
-    conflicted[uniq[counts > 1] // len(sizes)] = True
-    return labels, anchors, conflicted
+    degree = np.bincount(edges.ravel(), minlength=n)
+    both = np.concatenate([edges, edges[:, ::-1]])
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    first = np.searchsorted(both[:, 0], np.arange(n + 1))
+    neighbours = both[:, 1]
+    for u in np.lexsort((np.arange(n), -degree)).tolist():
+        if degree[u] == 0:
+            break
+        if cluster[u] >= 0:
+            continue
+        taken = {image[u]}
+        members = []
+        for v in neighbours[first[u] : first[u + 1]].tolist():
+            if cluster[v] < 0 and image[v] not in taken:
+                taken.add(image[v])
+                members.append(v)
+        if members:
+            cluster[u] = u
+            cluster[members] = u
+    return cluster
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -329,24 +342,17 @@ def refine_keypoints(
         for (a, b), (m, _) in pairs.items()
     ]
     edges = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
-    labels, anchors, conflicted = tracks_and_anchors([len(kpts[n]) for n in names], edges)
-    is_anchor = np.zeros(offsets[-1], bool)
-    is_anchor[anchors] = True
-    usable = ~conflicted[labels]
-
-    # per (anchor's image, other image): (anchor index, keypoint index) matched to each other
+    cluster = anchor_clusters([len(kpts[n]) for n in names], edges)
+    image_of = np.repeat(np.arange(len(names)), [len(kpts[n]) for n in names])
+    members = np.flatnonzero((cluster >= 0) & (cluster != np.arange(len(cluster))))
+    anchors = cluster[members]
+    # per (anchor's image, other image): (anchor index, keypoint index) to refine
     tasks: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for (a, b), (m, _) in pairs.items():
-        ga, gb = offsets[index[a]] + m[:, 0], offsets[index[b]] + m[:, 1]
-        for first, second, src, dst in ((a, b, ga, gb), (b, a, gb, ga)):
-            sel = is_anchor[src] & ~is_anchor[dst] & usable[src]
-            tasks[(first, second)].extend(
-                zip(
-                    (src[sel] - offsets[index[first]]).tolist(),
-                    (dst[sel] - offsets[index[second]]).tolist(),
-                    strict=True,
-                )
-            )
+    for u, v in zip(anchors.tolist(), members.tolist(), strict=True):
+        first, second = names[image_of[u]], names[image_of[v]]
+        tasks[(first, second)].append(
+            (int(u - offsets[image_of[u]]), int(v - offsets[image_of[v]]))
+        )
 
     # a rescue's combined file records the run's settings under "base"
     made_with = features_header.config
@@ -395,15 +401,17 @@ def refine_keypoints(
     header = Header(MATCHES_SCHEMA, settings, digest, extra={"features_hash": digest})
     with ResultWriter(out_matches, header, overwrite=True) as w:
         for (a, b), (m, scores) in pairs.items():
-            ok = valid[offsets[index[a]] + m[:, 0]] & valid[offsets[index[b]] + m[:, 1]]
+            ga, gb = offsets[index[a]] + m[:, 0], offsets[index[b]] + m[:, 1]
+            # both moved onto one anchor's point (two keypoints each refined onto another
+            # anchor no longer show one point)
+            ok = valid[ga] & valid[gb] & (cluster[ga] == cluster[gb])
             if config.keep_unrefined:
                 ok[:] = True
             kept, total = kept + int(ok.sum()), total + len(m)
             w.add((a, b), {"matches": m[ok].astype(np.uint32), "scores": scores[ok]})
     report = {
         "digest": digest,
-        "tracks": len(anchors),
-        "tracks_with_two_keypoints_of_an_image": int(conflicted.sum()),
+        "anchors": int(len(np.unique(anchors))),
         "keypoints": {k: int(v) for k, v in sorted(outcomes.items())},
         "matches_kept": kept,
         "matches": total,
@@ -411,7 +419,7 @@ def refine_keypoints(
     }
     atomic_write_json(folder / REPORT, report)
     logger.info(
-        "Refined %d keypoints onto their track's anchor (not: %s); kept %d of %d matches (%.1f s)",
+        "Refined %d keypoints onto their anchor (not: %s); kept %d of %d matches (%.1f s)",
         outcomes["refined"],
         ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()) if k != "refined") or "none",
         kept,

@@ -16,8 +16,8 @@ from reconstruct.refinement import (
     REFINED,
     RefinementConfig,
     align_patch,
+    anchor_clusters,
     refine_keypoints,
-    tracks_and_anchors,
 )
 from reconstruct.storage import (
     MATCHES_SCHEMA,
@@ -29,18 +29,14 @@ from reconstruct.storage import (
 from reconstruct.synthetic import SceneConfig, TrueCorrespondences, build_world, make_cameras
 
 
-def test_tracks_and_anchors_hand_made():
-    # images of 3, 2 and 2 keypoints: ids 0-2, 3-4 and 5-6
-    edges = np.array([[0, 3], [0, 6], [3, 6], [1, 4], [4, 2]])
-    labels, anchors, conflicted = tracks_and_anchors([3, 2, 2], edges)
-    assert labels[0] == labels[3] == labels[6]
-    assert labels[1] == labels[4] == labels[2] != labels[0]
-    assert len(set(labels.tolist())) == 3  # keypoint 5 has no match: a track of its own
-    assert anchors[labels[0]] == 0  # three keypoints of two matches each: the lowest id
-    assert anchors[labels[1]] == 4  # the keypoint with the most matches
-    assert anchors[labels[5]] == 5
-    # keypoints 1 and 2 of image 0 in one track: left alone
-    assert conflicted.tolist() == [labels[1] == i for i in range(3)]
+def test_anchor_clusters_hand_made():
+    # images of 3, 2 and 2 keypoints: ids 0-2, 3-4 and 5-6. Keypoints 0, 3, 6 match each
+    # other; 1-4-5-2 is a chain through a near miss: it holds keypoints 1 and 2 of image 0
+    edges = np.array([[0, 3], [0, 6], [3, 6], [1, 4], [4, 5], [5, 2]])
+    cluster = anchor_clusters([3, 2, 2], edges)
+    # 0 (two matches, lowest id) takes 3 and 6; 4 takes 1 and 5; 2's only match is taken
+    assert cluster.tolist() == [0, 4, -1, 0, 4, 4, 0]
+    assert anchor_clusters([2, 2], np.zeros((0, 2), np.int64)).tolist() == [-1] * 4
 
 
 def _texture(size: int = 160, seed: int = 0) -> np.ndarray:
