@@ -541,12 +541,17 @@ def run_mapper(
     return sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
 
 
+def _incomplete(num_models: int, largest: int, num_images: int) -> bool:
+    """Whether a mapping result is not every image in one model."""
+    return num_models != 1 or largest < num_images
+
+
 def _shape(models: list, num_images: int) -> dict:
     largest = models[0].num_reg_images() if models else 0
     return {
         "models": len(models),
         "largest": largest,
-        "incomplete": not models or len(models) > 1 or largest < num_images,
+        "incomplete": _incomplete(len(models), largest, num_images),
     }
 
 
@@ -1097,23 +1102,17 @@ def run_mapping(
         return _map_files(
             image_dir, features_path, matches_path, output_dir, plain, pairs_path, warn, report
         )
+    # from mapping.json's counts: the models themselves are loaded only to fall back
     summary = json.loads((sparse / paths.MAPPING_SUMMARY).read_text())
-    if summary["num_images"] and _summary_incomplete(summary, sparse):
+    models = summary.get("models") or []
+    largest = models[0]["registered"] if models else 0
+    if _incomplete(len(models), largest, summary["num_images"]) or not is_consistent(
+        read_consistency(sparse)
+    ):
         _fall_back_unrefined(
             image_dir, features_path, matches_path, output_dir, plain, pairs_path, report
         )
     return sparse
-
-
-def _summary_incomplete(summary: dict, sparse: Path) -> bool:
-    """Whether the models in `sparse` leave images out, are several, or model 0 is flagged."""
-    models = summary.get("models") or []
-    largest = models[0]["registered"] if models else 0
-    return (
-        len(models) != 1
-        or largest < summary["num_images"]
-        or not is_consistent(read_consistency(sparse))
-    )
 
 
 def _map_files(

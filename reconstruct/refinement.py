@@ -62,7 +62,6 @@ from .storage import (
     MATCHES_SCHEMA,
     FeaturesReader,
     Header,
-    MatchesReader,
     ResultWriter,
     atomic_write_json,
     iter_matches,
@@ -272,21 +271,25 @@ def _extraction_scale(size: tuple[int, int], resize: int | None) -> float:
     return long_side / min(long_side, resize) if resize else 1.0
 
 
-def _inputs_digest(features_path: Path, matches_paths: Sequence[Path]) -> str:
+def _inputs_digest(
+    features_hash: str,
+    items: dict[str, dict],
+    matches_paths: Sequence[Path],
+    pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+) -> str:
     """What the inputs hold: the features' settings and what each image was extracted from
-    (its attributes: fingerprint, turn), and every stored match (a resumed or partly re-run
-    matching stage changes pairs without changing its settings)."""
-    digest = hashlib.sha256()
-    with FeaturesReader(features_path) as feats:
-        digest.update(feats.config_hash.encode())
-        for name in feats.names() + sorted(feats.failed()):
-            digest.update(json.dumps([name, feats.attrs(name)], default=str).encode())
+    (`items`: its attributes, fingerprint and turn), the matches files' settings, and every
+    match used (a resumed or partly re-run matching stage changes pairs without changing its
+    settings). `pairs` are the matches as loaded for the refinement, so they are read once."""
+    digest = hashlib.sha256(features_hash.encode())
+    for name, attrs in items.items():
+        digest.update(json.dumps([name, attrs], default=str).encode())
     for path in matches_paths:
-        with MatchesReader(path) as reader:
-            digest.update(f"{reader.config_hash}/{reader.features_hash}".encode())
-            for a, b in reader.pairs():
-                digest.update(f"{a}\0{b}".encode())
-                digest.update(np.ascontiguousarray(reader.read(a, b)[0]).tobytes())
+        header = read_header(path, MATCHES_SCHEMA)
+        digest.update(f"{header.config_hash}/{(header.extra or {}).get('features_hash')}".encode())
+    for (a, b), (m, _) in pairs.items():
+        digest.update(f"{a}\0{b}".encode())
+        digest.update(np.ascontiguousarray(m).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -319,7 +322,15 @@ def refine_keypoints(
     out_features, out_matches = folder / paths.FEATURES, folder / paths.MATCHES
     matches_paths = [matches_path] if isinstance(matches_path, (str, Path)) else matches_path
     features_header = read_header(features_path, FEATURES_SCHEMA)
-    digest = config_hash(config, inputs=_inputs_digest(features_path, matches_paths))
+    with FeaturesReader(features_path) as feats:
+        names, failed = feats.names(), sorted(feats.failed())
+        items = {n: feats.attrs(n) for n in names + failed}
+    index = {n: i for i, n in enumerate(names)}
+    pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {
+        (a, b): (m.astype(np.int64), s) for a, b, m, s in iter_matches(matches_paths, index)
+    }
+    inputs = _inputs_digest(features_header.config_hash, items, matches_paths, pairs)
+    digest = config_hash(config, inputs=inputs)
     done = _read_report(folder, digest)
     if done is not None:
         logger.info("Refined keypoints up to date in %s", folder)
@@ -327,16 +338,11 @@ def refine_keypoints(
     folder.mkdir(parents=True, exist_ok=True)
 
     with FeaturesReader(features_path) as feats:
-        names = feats.names()
         read = {n: feats.read(n) for n in names}
     kpts = {n: f.keypoints.astype(np.float64) for n, f in read.items()}
     sizes = {n: tuple(f.image_size) for n, f in read.items()}
     del read
-    index = {n: i for i, n in enumerate(names)}
     offsets = np.concatenate([[0], np.cumsum([len(kpts[n]) for n in names])]).astype(np.int64)
-    pairs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {
-        (a, b): (m.astype(np.int64), s) for a, b, m, s in iter_matches(matches_paths, index)
-    }
     edges = [
         np.c_[offsets[index[a]] + m[:, 0], offsets[index[b]] + m[:, 1]]
         for (a, b), (m, _) in pairs.items()
@@ -392,7 +398,7 @@ def refine_keypoints(
         FeaturesReader(features_path) as feats,
         ResultWriter(out_features, Header(FEATURES_SCHEMA, settings, digest), overwrite=True) as w,
     ):
-        for n in names + list(feats.failed()):
+        for n in names + failed:
             arrays, attrs = feats.read_item(n)
             if n in refined:
                 arrays = {**arrays, "keypoints": refined[n].astype(np.float32)}
